@@ -1,0 +1,174 @@
+"""Training throughput of this template against the tutorials' loop and the machine's limit.
+
+For each model, on the same network, optimizer, batch size and data, one run measures samples/s of
+
+  (a) lightning  this template's training loop, exactly as `train.py` builds it (config,
+                 callbacks, TensorBoard logger, progress bar), validation switched off;
+  (b) tutorial   the tutorials' plain PyTorch loop: torchvision dataset with `ToTensor`,
+                 `DataLoader(shuffle=True)`, images moved to the device per batch;
+  (c) bare       a bare loop over an in-memory tensor shuffled with `randperm`: the compute limit.
+
+Each variant runs `--warmup` epochs that are not timed, then `--epochs` timed ones; the best
+timed epoch counts (the least disturbed by other work on the machine). Prints a table with the
+ratios and writes JSON.
+
+    python scripts/benchmark.py --data-dir ../shared/data
+    python scripts/benchmark.py --models vae --device cuda --json bench-gpu.json
+"""
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from rich.console import Console
+from rich.table import Table
+
+from aelab.config import CONFIG_DIR, export_project_root
+from aelab.data import to_float
+from aelab.data.idx import read_idx
+from aelab.train import train
+
+
+class EpochTimer(L.Callback):
+    """Wall time of every training epoch, the device synchronised at both ends."""
+
+    seconds: list[float] = []  # noqa: RUF012 (the one list the benchmark reads back)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        _sync(pl_module.device)
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        _sync(pl_module.device)
+        EpochTimer.seconds.append(time.perf_counter() - self._start)
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _config(model: str, args: argparse.Namespace, epochs: int, out: str):
+    overrides = [
+        f"model={model}",
+        "data=mnist",
+        f"paths.data_dir={args.data_dir}",
+        f"paths.output_dir={out}",
+        f"data.batch_size={args.batch_size}",
+        f"trainer.max_epochs={epochs}",
+        f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
+        "++trainer.limit_val_batches=0",
+        "test=false",
+        "optimized_metric=null",
+        "+callbacks.epoch_timer._target_=__main__.EpochTimer",
+    ]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def lightning_loop(model: str, args: argparse.Namespace) -> list[float]:
+    EpochTimer.seconds = []
+    with tempfile.TemporaryDirectory() as out:
+        train(_config(model, args, args.warmup + args.epochs, out))
+    return EpochTimer.seconds[args.warmup :]
+
+
+def tutorial_loop(net: L.LightningModule, args: argparse.Namespace) -> list[float]:
+    from torchvision import datasets, transforms
+
+    dataset = datasets.MNIST(args.data_dir, train=True, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
+    return _epochs(net, args, lambda: ((x.to(args.device), y) for x, y in loader))
+
+
+def bare_loop(net: L.LightningModule, args: argparse.Namespace) -> list[float]:
+    path = Path(args.data_dir) / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images = read_idx(path).unsqueeze(1).to(args.device)
+
+    def batches():
+        order = torch.randperm(len(images), device=args.device)
+        return ((to_float(images[i]), None) for i in order.split(args.batch_size))
+
+    return _epochs(net, args, batches)
+
+
+def _epochs(net: L.LightningModule, args: argparse.Namespace, batches) -> list[float]:
+    net = net.to(args.device).train()
+    optimizer = net.configure_optimizers()
+    seconds = []
+    for _ in range(args.warmup + args.epochs):
+        _sync(args.device)
+        start = time.perf_counter()
+        for x, _ in batches():
+            loss = net.loss_terms(x)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _sync(args.device)
+        seconds.append(time.perf_counter() - start)
+    return seconds[args.warmup :]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["vae", "ae", "deep_ae"])
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--json", default="benchmark.json")
+    args = parser.parse_args()
+    export_project_root()
+
+    results = []
+    for model in args.models:
+        cfg = _config(model, args, epochs=1, out=".")
+        net = instantiate(cfg.model, image_shape=[1, 28, 28], _convert_="all")
+        train_size = 60000 - cfg.data.val_size
+        timings = {
+            "lightning": (train_size, lightning_loop(model, args)),
+            "tutorial": (60000, tutorial_loop(net, args)),
+            "bare": (60000, bare_loop(net, args)),
+        }
+        row = {"model": model, "device": args.device, "batch_size": args.batch_size}
+        for name, (samples, seconds) in timings.items():
+            row[f"{name}_samples_per_s"] = samples / min(seconds)
+        row["lightning_vs_bare"] = row["lightning_samples_per_s"] / row["bare_samples_per_s"]
+        row["lightning_vs_tutorial"] = (
+            row["lightning_samples_per_s"] / row["tutorial_samples_per_s"]
+        )
+        results.append(row)
+
+    table = Table(title=f"Training throughput, samples/s ({args.device}, batch {args.batch_size})")
+    for column in ("model", "(a) lightning", "(b) tutorial", "(c) bare", "a/c", "a/b"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            r["model"],
+            f"{r['lightning_samples_per_s']:,.0f}",
+            f"{r['tutorial_samples_per_s']:,.0f}",
+            f"{r['bare_samples_per_s']:,.0f}",
+            f"{r['lightning_vs_bare']:.2f}x",
+            f"{r['lightning_vs_tutorial']:.2f}x",
+        )
+    Console().print(table)
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor(),
+    }
+    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

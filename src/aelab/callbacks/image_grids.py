@@ -1,0 +1,44 @@
+"""Image grids in TensorBoard: what the model reconstructs and, for generative models, samples."""
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchvision.utils import make_grid
+
+from aelab.data import to_float
+
+
+class ImageGrids(L.Callback):
+    """At the end of each validation epoch, log to TensorBoard
+
+    - `val/reconstructions`: the same `num_images` validation images (top row) above their
+      reconstructions (bottom row), so epochs can be compared image by image;
+    - `val/samples`: for models with a `sample` method, `num_samples` images decoded from prior
+      draws fixed once by `seed`.
+    """
+
+    def __init__(self, num_images: int = 8, num_samples: int = 64, seed: int = 0) -> None:
+        self.num_images = num_images
+        self.num_samples = num_samples
+        self.seed = seed
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not writers:
+            return
+        step = trainer.global_step
+        images = trainer.datamodule.val_set.images[: self.num_images]
+        x = to_float(images.to(pl_module.device))
+        originals_over_reconstructions = torch.cat([x, pl_module.reconstruct(x)])
+        grid = make_grid(originals_over_reconstructions.float().cpu(), nrow=len(x), pad_value=1)
+        for writer in writers:
+            writer.add_image("val/reconstructions", grid, step)
+        if hasattr(pl_module, "sample"):
+            generator = torch.Generator().manual_seed(self.seed)
+            z = torch.randn(self.num_samples, pl_module.latent_dim, generator=generator)
+            samples = pl_module.sample(z.to(pl_module.device)).float().cpu()
+            grid = make_grid(samples, nrow=int(self.num_samples**0.5), pad_value=1)
+            for writer in writers:
+                writer.add_image("val/samples", grid, step)

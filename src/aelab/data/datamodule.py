@@ -1,0 +1,184 @@
+"""MNIST and Fashion-MNIST as in-memory uint8 tensors, with a fixed train/val split."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from aelab.data.batches import BatchIndices, TensorImages
+from aelab.data.idx import read_idx, read_idx_shape
+from aelab.errors import ConfigError, DataError
+
+SPLITS = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    folder: str  # torchvision's folder name under data_dir, and its dataset class
+    system_dirs: tuple[str, ...] = ()  # read-only copies installed by the OS
+
+
+DATASETS = {
+    "mnist": DatasetInfo("MNIST"),
+    "fashion": DatasetInfo("FashionMNIST", system_dirs=("/usr/share/datasets/fashion-mnist",)),
+}
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels in [0, 255] to float in [0, 1]: done per batch, on the batch's device."""
+    return images.float().div_(255)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """One grey-scale image dataset: 60k training images split into train and val, 10k test.
+
+    `prepare_data` only makes sure the raw IDX files exist (downloading them with torchvision if
+    needed); `setup` only reads and splits them. The official test set is never mixed into
+    training or validation.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        data_dir: str,
+        batch_size: int = 128,
+        val_size: int = 5000,
+        num_workers: int = 0,
+        split_seed: int = 12345,
+        pin_memory: bool = False,
+        system_dirs: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ConfigError(f"data.dataset={dataset!r} is unknown; allowed: {sorted(DATASETS)}")
+        self.info = DATASETS[dataset]
+        self.dataset = dataset
+        self.data_dir = Path(data_dir).expanduser()
+        self.batch_size = batch_size
+        self.val_size = val_size
+        self.num_workers = num_workers
+        self.split_seed = split_seed
+        self.pin_memory = pin_memory
+        dirs = self.info.system_dirs if system_dirs is None else system_dirs
+        self.system_dirs = [Path(d) for d in dirs]
+        self.num_classes = 0
+        self.train_set: TensorImages | None = None
+        self.val_set: TensorImages | None = None
+        self.test_set: TensorImages | None = None
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / self.info.folder / "raw"
+
+    def _find(self) -> dict[str, Path] | None:
+        """The four files, raw or gzipped, from `raw_dir` or else a system copy; None if absent."""
+        for folder in (self.raw_dir, *self.system_dirs):
+            found = {}
+            for split, name in SPLITS.items():
+                candidates = [folder / name, folder / f"{name}.gz"]
+                found[split] = next((p for p in candidates if p.is_file()), None)
+            if all(found.values()):
+                return found
+        return None
+
+    def files(self) -> dict[str, Path]:
+        found = self._find()
+        if found is None:
+            missing = ", ".join(SPLITS.values())
+            raise DataError(
+                f"{self.dataset} not found: {self.raw_dir} lacks {missing} (raw or .gz). "
+                f"Place the four IDX files there or set paths.data_dir to a folder that has "
+                f"{self.info.folder}/raw/"
+            )
+        return found
+
+    def prepare_data(self) -> None:
+        """Download the raw files with torchvision unless they are already on disk."""
+        if self._find() is not None:
+            return
+        import torchvision.datasets
+
+        dataset_cls = getattr(torchvision.datasets, self.info.folder)
+        try:
+            for train in (True, False):
+                dataset_cls(str(self.data_dir), train=train, download=True)
+        except Exception as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(
+                f"{self.dataset} is not under {self.raw_dir} and downloading it failed ({reason}). "
+                f"Without network access, copy {', '.join(SPLITS.values())} (raw or .gz) into "
+                f"{self.raw_dir}, or set paths.data_dir to a folder that has {self.info.folder}/raw/"
+            ) from None
+        self.files()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width), read from the training images' header."""
+        shape = read_idx_shape(self.files()["train_images"])
+        if len(shape) != 3:
+            raise DataError(
+                f"{self.files()['train_images']}: expected (N, H, W) images, got {shape}"
+            )
+        return (1, shape[1], shape[2])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files = self.files()
+        arrays = {split: read_idx(path) for split, path in files.items()}
+        for part in ("train", "test"):
+            images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+            if len(images) != len(labels):
+                raise DataError(
+                    f"{files[f'{part}_images']} holds {len(images)} images but "
+                    f"{files[f'{part}_labels']} holds {len(labels)} labels"
+                )
+        train_images = arrays["train_images"].unsqueeze(1)
+        if not 0 < self.val_size < len(train_images):
+            raise ConfigError(
+                f"data.val_size={self.val_size} must be in [1, {len(train_images) - 1}] "
+                f"(the training file holds {len(train_images)} images)"
+            )
+        generator = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(len(train_images), generator=generator)
+        val, train = order[: self.val_size], order[self.val_size :]
+        labels = arrays["train_labels"].long()
+        self.train_set = TensorImages(train_images[train], labels[train])
+        self.val_set = TensorImages(train_images[val], labels[val])
+        self.test_set = TensorImages(
+            arrays["test_images"].unsqueeze(1), arrays["test_labels"].long()
+        )
+        self.num_classes = int(labels.max()) + 1
+
+    def _loader(self, data: TensorImages | None, shuffle: bool) -> DataLoader:
+        if data is None:
+            raise RuntimeError("setup() must run before the dataloaders are requested")
+        sampler = BatchIndices(len(data), self.batch_size, shuffle=shuffle, seed=self.split_seed)
+        return DataLoader(
+            data,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        return to_float(images), labels

@@ -1,0 +1,13 @@
+"""Errors that the entry points report as one clear line instead of a traceback."""
+
+
+class AelabError(Exception):
+    """A problem the user can fix: the message says what is wrong and what is allowed."""
+
+
+class ConfigError(AelabError):
+    """A config value that cannot work (names the key and the allowed values)."""
+
+
+class DataError(AelabError):
+    """A missing or malformed data file (names the file and what is wrong)."""

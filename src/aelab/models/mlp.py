@@ -1,0 +1,40 @@
+"""Fully connected building blocks shared by the MLP autoencoders."""
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from aelab.errors import ConfigError
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+def activation(name: str, key: str = "model.activation") -> nn.Module:
+    """The activation layer called `name`; `key` is the config key named in the error."""
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"{key}={name!r} is not an activation; allowed: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(
+    sizes: Sequence[int],
+    hidden_activation: str,
+    final_activation: str | None = None,
+    final_key: str = "model.output_activation",
+) -> nn.Sequential:
+    """Linear layers sizes[0] -> ... -> sizes[-1], `hidden_activation` between them."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(activation(hidden_activation))
+    if final_activation is not None:
+        layers.append(activation(final_activation, final_key))
+    return nn.Sequential(*layers)

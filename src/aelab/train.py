@@ -1,0 +1,96 @@
+"""Training entry point: `python train.py model=vae data=fashion` (or `aelab-train ...`).
+
+Only Hydra and OmegaConf are imported at module level, so `--help` and `--cfg job` answer
+without loading torch; Lightning comes in when training starts.
+"""
+
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from aelab.config import CONFIG_DIR, export_project_root
+from aelab.errors import AelabError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    """Instantiate every entry of a group such as `callbacks` or `logger` that has a _target_."""
+    from hydra.utils import instantiate
+
+    return [instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
+
+
+def _quiet_lightning_console() -> None:
+    """Send Lightning's messages through Hydra's log handlers only (it adds its own console
+    handler on import, which prints every line twice), minus its advertisement for LitLogger."""
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().hasHandlers():
+        lightning_logger.handlers.clear()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit the model, test its best checkpoint, and return `cfg.optimized_metric` for sweepers."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    _quiet_lightning_console()
+
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer = instantiate(
+        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False
+    )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    hparams = {key: resolved[key] for key in ("model", "data", "trainer", "seed")}
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = dict(trainer.callback_metrics)
+
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("No best checkpoint was saved: testing the weights at the end of training")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update(trainer.callback_metrics)
+
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
+    return float(metrics[name])
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        return train(cfg)
+    except AelabError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def main() -> None:
+    """Console-script entry point (`aelab-train`, `python train.py`)."""
+    export_project_root()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
