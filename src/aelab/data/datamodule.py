@@ -113,8 +113,8 @@ class ImageDataModule(L.LightningDataModule):
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise DataError(
                 f"{self.dataset} is not under {self.raw_dir} and downloading it failed ({reason}). "
-                f"Without network access, copy {', '.join(SPLITS.values())} (raw or .gz) into "
-                f"{self.raw_dir}, or set paths.data_dir to a folder that has {self.info.folder}/raw/"
+                f"Offline, copy {', '.join(SPLITS.values())} (raw or .gz) into {self.raw_dir}, "
+                f"or set paths.data_dir to a folder that has {self.info.folder}/raw/"
             ) from None
         self.files()
 

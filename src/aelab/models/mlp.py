@@ -1,6 +1,7 @@
 """Fully connected building blocks shared by the MLP autoencoders."""
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from torch import nn
 
@@ -31,7 +32,7 @@ def mlp(
 ) -> nn.Sequential:
     """Linear layers sizes[0] -> ... -> sizes[-1], `hidden_activation` between them."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(activation(hidden_activation))
