@@ -110,7 +110,7 @@ class ImageDataModule(L.LightningDataModule):
             for train in (True, False):
                 dataset_cls(str(self.data_dir), train=train, download=True)
         except Exception as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = " ".join(str(err).split())[-160:] or type(err).__name__
             raise DataError(
                 f"{self.dataset} is not under {self.raw_dir} and downloading it failed ({reason}). "
                 f"Offline, copy {', '.join(SPLITS.values())} (raw or .gz) into {self.raw_dir}, "

@@ -31,6 +31,7 @@ def mlp(
     final_key: str = "model.output_activation",
 ) -> nn.Sequential:
     """Linear layers sizes[0] -> ... -> sizes[-1], `hidden_activation` between them."""
+    activation(hidden_activation)  # rejects a bad name even where no hidden layer would use it
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))

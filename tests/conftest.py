@@ -1,0 +1,101 @@
+"""Synthetic IDX datasets in torchvision's layout, so that no test needs the network or real data."""
+
+import gzip
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from aelab.config import CONFIG_DIR, PROJECT_ROOT, export_project_root
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+N_TRAIN, N_TEST, VAL_SIZE = 1024, 128, 128
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """Write an unsigned-byte IDX file (optionally gzipped)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def make_images(n: int, height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ten blurry class prototypes plus noise: structure that an autoencoder can learn quickly."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((10, (height + 3) // 4, (width + 3) // 4))
+    prototypes = np.kron(coarse, np.ones((4, 4)))[:, :height, :width]
+    labels = rng.integers(0, 10, n)
+    images = prototypes[labels] * 220 + rng.normal(0, 15, (n, height, width))
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_dataset(
+    raw_dir: Path, n_train: int = N_TRAIN, n_test: int = N_TEST, shape=(28, 28), gz=False
+) -> dict[str, Path]:
+    train_x, train_y = make_images(n_train, *shape, seed=0)
+    test_x, test_y = make_images(n_test, *shape, seed=1)
+    arrays = {"train_images": train_x, "train_labels": train_y}
+    arrays |= {"test_images": test_x, "test_labels": test_y}
+    return {k: write_idx(raw_dir / FILES[k], a, gz) for k, a in arrays.items()}
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data_dir holding small synthetic MNIST and FashionMNIST."""
+    root = tmp_path_factory.mktemp("data")
+    for folder in ("MNIST", "FashionMNIST"):
+        write_dataset(root / folder / "raw")
+    return root
+
+
+def small_run_overrides(data_dir: Path) -> list[str]:
+    """Overrides for a tiny training run on the synthetic data."""
+    return [
+        f"paths.data_dir={data_dir}",
+        f"data.val_size={VAL_SIZE}",
+        "data.batch_size=32",
+        "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1",
+        "data.system_dirs=[]",
+    ]
+
+
+@pytest.fixture
+def compose_cfg():
+    """Compose the train config the way `python train.py` does (output_dir set explicitly)."""
+    export_project_root()
+
+    def _compose(*overrides: str, output_dir: Path | None = None):
+        extra = [f"paths.output_dir={output_dir}"] if output_dir else []
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=[*overrides, *extra])
+
+    return _compose
+
+
+def run_train(*args: str, env: dict | None = None, timeout: int = 300):
+    """Run `python train.py ARGS` from the repository root, as a user would."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )

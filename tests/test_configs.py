@@ -1,0 +1,92 @@
+import itertools
+import os
+
+import pytest
+from conftest import run_train
+from hydra.utils import instantiate
+
+from aelab.config import CONFIG_DIR
+
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+
+
+def test_groups_have_the_documented_options():
+    assert {"ae", "deep_ae", "vae"} <= set(MODELS)
+    assert {"mnist", "fashion"} <= set(DATA)
+    for group, options in {
+        "trainer": {"default", "cpu", "gpu"},
+        "logger": {"tensorboard", "csv", "none"},
+        "debug": {"fast"},
+    }.items():
+        assert options <= {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}
+
+
+@pytest.mark.parametrize(("model", "data"), list(itertools.product(MODELS, DATA)))
+def test_every_model_and_data_compose_and_instantiate(compose_cfg, tmp_path, model, data):
+    cfg = compose_cfg(f"model={model}", f"data={data}", output_dir=tmp_path)
+    assert cfg.data.dataset == {"mnist": "mnist", "fashion": "fashion"}[data]
+    assert cfg.model.optimizer._partial_ is True
+    datamodule = instantiate(cfg.data)
+    assert datamodule.batch_size == cfg.data.batch_size
+    net = instantiate(cfg.model, image_shape=[1, 28, 28], _convert_="all")
+    assert net.hparams["image_shape"] == [1, 28, 28]
+    assert "optimizer" not in net.hparams
+    optimizer = net.configure_optimizers()
+    assert optimizer.defaults["lr"] == cfg.model.optimizer.lr
+
+
+def test_model_defaults_match_the_tutorials(compose_cfg):
+    vae = compose_cfg("model=vae").model
+    assert (vae.hidden_dims, vae.latent_dim, vae.optimizer.lr) == ([400], 20, 1e-3)
+    deep = compose_cfg("model=deep_ae").model
+    assert (deep.hidden_dims, deep.latent_dim, deep.optimizer.weight_decay) == ([128, 64, 12], 3, 1e-5)
+    ae = compose_cfg("model=ae").model
+    assert (ae.hidden_dims, ae.latent_dim, ae.activation) == ([], 128, "relu")
+    cfg = compose_cfg()
+    assert cfg.data.dataset == "mnist" and cfg.model._target_ == "aelab.models.VAE"
+    assert cfg.data.batch_size == 128 and cfg.data.val_size == 5000
+
+
+def test_trainer_variants_inherit_default(compose_cfg):
+    default = compose_cfg().trainer
+    assert default.accelerator == "auto"
+    for variant, accelerator in [("cpu", "cpu"), ("gpu", "gpu")]:
+        trainer = compose_cfg(f"trainer={variant}").trainer
+        assert trainer.accelerator == accelerator
+        assert trainer.max_epochs == default.max_epochs
+
+
+def test_paths_follow_environment(compose_cfg, monkeypatch, tmp_path):
+    monkeypatch.setenv("AELAB_DATA_DIR", str(tmp_path))
+    assert compose_cfg().paths.data_dir == str(tmp_path)
+    monkeypatch.delenv("AELAB_DATA_DIR")
+    assert compose_cfg().paths.data_dir == os.path.join(str(CONFIG_DIR.parent), "data")
+
+
+def test_help_lists_groups_and_options():
+    result = run_train("--help")
+    assert result.returncode == 0
+    for line in ["model: ae, deep_ae, vae", "data: fashion, mnist", "logger: csv, none, tensorboard"]:
+        assert line in result.stdout
+
+
+def test_wrong_option_lists_the_valid_ones():
+    result = run_train("model=transformer")
+    assert result.returncode != 0
+    assert "Could not find 'model/transformer'" in result.stderr
+    assert "Available options in 'model':" in result.stderr and "deep_ae" in result.stderr
+
+
+def test_cfg_job_does_not_import_torch(tmp_path):
+    code = (
+        "import sys; sys.argv = ['train.py', '--cfg', 'job']; "
+        "from aelab.train import main; main(); "
+        "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: aelab.models.VAE" in result.stdout
