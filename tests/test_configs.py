@@ -40,7 +40,11 @@ def test_model_defaults_match_the_tutorials(compose_cfg):
     vae = compose_cfg("model=vae").model
     assert (vae.hidden_dims, vae.latent_dim, vae.optimizer.lr) == ([400], 20, 1e-3)
     deep = compose_cfg("model=deep_ae").model
-    assert (deep.hidden_dims, deep.latent_dim, deep.optimizer.weight_decay) == ([128, 64, 12], 3, 1e-5)
+    assert (deep.hidden_dims, deep.latent_dim, deep.optimizer.weight_decay) == (
+        [128, 64, 12],
+        3,
+        1e-5,
+    )
     ae = compose_cfg("model=ae").model
     assert (ae.hidden_dims, ae.latent_dim, ae.activation) == ([], 128, "relu")
     cfg = compose_cfg()
@@ -67,7 +71,11 @@ def test_paths_follow_environment(compose_cfg, monkeypatch, tmp_path):
 def test_help_lists_groups_and_options():
     result = run_train("--help")
     assert result.returncode == 0
-    for line in ["model: ae, deep_ae, vae", "data: fashion, mnist", "logger: csv, none, tensorboard"]:
+    for line in [
+        "model: ae, deep_ae, vae",
+        "data: fashion, mnist",
+        "logger: csv, none, tensorboard",
+    ]:
         assert line in result.stdout
 
 

@@ -46,7 +46,7 @@ def test_batches_are_uint8_until_transferred(data_dir):
     images, labels = batches[0]
     assert images.dtype == torch.uint8 and images.shape == (50, 1, 28, 28)
     x, y = dm.on_after_batch_transfer((images, labels), 0)
-    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
     assert torch.equal(y, labels)
     assert sum(len(b[0]) for b in batches) == N_TRAIN - VAL_SIZE
 
@@ -98,12 +98,16 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
     message = str(err.value)
     assert "\n" not in message
     assert str(tmp_path / "MNIST" / "raw") in message and "train-images-idx3-ubyte" in message
-    assert "downloading it failed (Error downloading train-images-idx3-ubyte.gz: <urlopen" in message
+    assert (
+        "downloading it failed (Error downloading train-images-idx3-ubyte.gz: <urlopen" in message
+    )
 
 
 def test_val_size_must_leave_training_data(data_dir):
     dm = datamodule(data_dir, val_size=N_TRAIN)
-    with pytest.raises(ConfigError, match=rf"data.val_size={N_TRAIN} must be in \[1, {N_TRAIN - 1}\]"):
+    with pytest.raises(
+        ConfigError, match=rf"data.val_size={N_TRAIN} must be in \[1, {N_TRAIN - 1}\]"
+    ):
         dm.setup()
 
 
@@ -111,5 +115,7 @@ def test_image_label_count_mismatch(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     write_dataset(raw)
     write_idx(raw / "train-labels-idx1-ubyte", np.zeros(N_TRAIN - 1, np.uint8))
-    with pytest.raises(DataError, match=f"holds {N_TRAIN} images but .* holds {N_TRAIN - 1} labels"):
+    with pytest.raises(
+        DataError, match=f"holds {N_TRAIN} images but .* holds {N_TRAIN - 1} labels"
+    ):
         datamodule(tmp_path).setup()

@@ -35,6 +35,21 @@ def _quiet_lightning_console() -> None:
     )
 
 
+def _log_final_metrics(loggers: list, hparams: dict, metrics: dict) -> None:
+    """Fill TensorBoard's HParams dashboard: this run's config beside its final metrics, under
+    `hparams/...` so that the `val/loss` curves get no extra point."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    final = {
+        f"hparams/{name.replace('/', '_')}": float(value)
+        for name, value in metrics.items()
+        if name.startswith(("val/", "test/"))
+    }
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger) and final:
+            lg.log_hyperparams(hparams, metrics=final)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit the model, test its best checkpoint, and return `cfg.optimized_metric` for sweepers."""
     import lightning as L
@@ -66,6 +81,8 @@ def train(cfg: DictConfig) -> float | None:
             log.warning("No best checkpoint was saved: testing the weights at the end of training")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(trainer.callback_metrics)
+
+    _log_final_metrics(loggers, hparams, metrics)
 
     name = cfg.get("optimized_metric")
     if not name:
