@@ -49,7 +49,8 @@ def test_training_run_logs_learns_and_checkpoints(data_dir, tmp_path, model):
     assert (grid[-1].width, grid[-1].height) == (8 * 30 + 2, 2 * 30 + 2)  # 8 originals over 8
     assert len(tb.Scalars("test/loss")) == 1
     hparams = tb.PluginTagToContent("hparams")
-    assert "_hparams_/session_start_info" in hparams
+    assert b"model/latent_dim" in hparams["_hparams_/experiment"]
+    assert b"hparams/test_loss" in hparams["_hparams_/experiment"]
     assert tb.Scalars("hparams/test_loss")[0].value == tb.Scalars("test/loss")[0].value
 
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
