@@ -25,8 +25,9 @@ class Autoencoder(AutoencoderModule):
         latent_activation: str | None = None,
         output_activation: str | None = "sigmoid",
         optimizer: OptimizerFactory | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__(optimizer)
+        super().__init__(optimizer, compile)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         pixels = math.prod(image_shape)
         sizes = [pixels, *hidden_dims, latent_dim]

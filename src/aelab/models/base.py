@@ -19,9 +19,17 @@ class AutoencoderModule(L.LightningModule):
     averaged over images, in validation and test.
     """
 
-    def __init__(self, optimizer: OptimizerFactory | None = None) -> None:
+    def __init__(self, optimizer: OptimizerFactory | None = None, compile: bool = False) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
+        self.compile_modules = compile
+
+    def configure_model(self) -> None:
+        """`model.compile=true`: torch.compile every submodule in place, which keeps the
+        state-dict keys, so compiled and plain checkpoints stay interchangeable."""
+        if self.compile_modules:
+            for module in self.children():
+                module.compile()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -42,8 +42,9 @@ class VAE(AutoencoderModule):
         hidden_dims: Sequence[int] = (400,),
         activation: str = "relu",
         optimizer: OptimizerFactory | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__(optimizer)
+        super().__init__(optimizer, compile)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.latent_dim = latent_dim
         sizes = [math.prod(image_shape), *hidden_dims, latent_dim]

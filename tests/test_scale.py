@@ -1,0 +1,98 @@
+"""Distributed training on CPU processes, torch.compile and bf16 mixed precision."""
+
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import run_train, small_run_overrides
+
+from aelab.data import ImageDataModule
+from aelab.data.batches import BatchIndices
+from aelab.models import VAE, Autoencoder
+
+
+def _write_shard(rank: int, world: int, folder) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world
+    )
+    sampler = BatchIndices(1003, 32, shuffle=True, seed=7)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        torch.save(torch.cat(list(sampler)), folder / f"epoch{epoch}_rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ranks_draw_disjoint_shards_under_torch_distributed(tmp_path):
+    torch.multiprocessing.spawn(_write_shard, args=(2, tmp_path), nprocs=2)
+    for epoch in (0, 1):
+        shards = [torch.load(tmp_path / f"epoch{epoch}_rank{r}.pt").tolist() for r in range(2)]
+        assert len(shards[0]) == len(shards[1]) == 501
+        assert set(shards[0]).isdisjoint(shards[1])
+        assert len(set(shards[0]) | set(shards[1])) == 1002
+    first = torch.load(tmp_path / "epoch0_rank0.pt")
+    assert not torch.equal(first, torch.load(tmp_path / "epoch1_rank0.pt"))
+
+
+@pytest.mark.slow
+def test_ddp_cpu_trains_two_processes_into_one_run_folder(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(
+        "trainer=ddp_cpu",
+        "model=vae",
+        "trainer.max_epochs=2",
+        *small_run_overrides(data_dir),
+        f"hydra.run.dir={run_dir}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "world_size: 2" in result.stdout + result.stderr
+        or "MEMBER: 2/2" in result.stdout + result.stderr
+    )
+    assert not list(tmp_path.glob("run?*")), "one output folder, not one per rank"
+    assert len(list((run_dir / "tensorboard").glob("events.*"))) >= 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
+    model = VAE.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert model.sample(2).shape == (2, 1, 28, 28)
+
+
+def _fit(model: L.LightningModule, data_dir, **trainer_kwargs) -> L.Trainer:
+    dm = ImageDataModule("mnist", str(data_dir), batch_size=64, val_size=128, system_dirs=[])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(model, dm)
+    return trainer
+
+
+@pytest.mark.slow
+def test_compile_trains_on_cpu(data_dir):
+    torch._dynamo.reset()
+    optimizer = partial(torch.optim.Adam, lr=1e-3)
+    model = Autoencoder(
+        (1, 28, 28), latent_dim=8, hidden_dims=[32], optimizer=optimizer, compile=True
+    )
+    trainer = _fit(model, data_dir)
+    assert model.encoder._compiled_call_impl is not None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
+    assert not any("_orig_mod" in key for key in model.state_dict())
+
+
+def test_bf16_mixed_trains_on_cpu(data_dir):
+    model = VAE(
+        (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
+    )
+    trainer = _fit(model, data_dir, precision="bf16-mixed")
+    assert trainer.precision == "bf16-mixed"
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
