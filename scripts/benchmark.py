@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
-from aelab.config import CONFIG_DIR, export_project_root
+from aelab.config import CONFIG_DIR, prepare_hydra
 from aelab.data import to_float
 from aelab.data.idx import read_idx
 from aelab.train import train
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--json", default="benchmark.json")
     args = parser.parse_args()
-    export_project_root()
+    prepare_hydra()
 
     results = []
     for model in args.models:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from aelab.config import CONFIG_DIR, PROJECT_ROOT, export_project_root
+from aelab.config import CONFIG_DIR, PROJECT_ROOT, prepare_hydra
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -77,7 +77,7 @@ def small_run_overrides(data_dir: Path) -> list[str]:
 @pytest.fixture
 def compose_cfg():
     """Compose the train config the way `python train.py` does (output_dir set explicitly)."""
-    export_project_root()
+    prepare_hydra()
 
     def _compose(*overrides: str, output_dir: Path | None = None):
         extra = [f"paths.output_dir={output_dir}"] if output_dir else []
@@ -87,10 +87,19 @@ def compose_cfg():
     return _compose
 
 
+CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens here: a download fails at once
+
+
 def run_train(*args: str, env: dict | None = None, timeout: int = 300):
-    """Run `python train.py ARGS` from the repository root, as a user would."""
+    """Run `python train.py ARGS` from the repository root, as a user would, offline: any
+    download goes through a proxy on a closed port and fails at once."""
+    import os
     import subprocess
 
+    proxies = {
+        name: CLOSED_PORT for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+    }
+    env = {**(env or os.environ), **proxies}
     return subprocess.run(
         [sys.executable, "train.py", *args],
         cwd=PROJECT_ROOT,

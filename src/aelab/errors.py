@@ -11,3 +11,7 @@ class ConfigError(AelabError):
 
 class DataError(AelabError):
     """A missing or malformed data file (names the file and what is wrong)."""
+
+
+class TrainingDiverged(AelabError):
+    """The loss became NaN or infinite (names the step and the last good checkpoint)."""

@@ -7,12 +7,14 @@ without loading torch; Lightning comes in when training starts.
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from aelab.config import CONFIG_DIR, export_project_root
+from aelab.config import CONFIG_DIR, RESUMABLE, prepare_hydra
 from aelab.errors import AelabError, ConfigError
+from aelab.validation import check_checkpoint, check_config
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,25 @@ def _log_final_metrics(loggers: list, hparams: dict, metrics: dict) -> None:
             lg.log_hyperparams(hparams, metrics=final)
 
 
+def _resume_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path=last`: the newer of this run's last.ckpt (end of the last full epoch) and
+    interrupted.ckpt (written on Ctrl-C or SIGTERM); otherwise the path as given."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "last":
+        return ckpt_path
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    found = [folder / name for name in RESUMABLE if (folder / name).is_file()]
+    if not found:
+        raise ConfigError(
+            f"ckpt_path=last: no run to resume, {folder} has no {' or '.join(RESUMABLE)}; "
+            "give the checkpoint's path or hydra.run.dir=<the run's folder>"
+        )
+    return str(max(found, key=lambda p: p.stat().st_mtime))
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit the model, test its best checkpoint, and return `cfg.optimized_metric` for sweepers."""
+    check_config(cfg)
     import lightning as L
     from hydra.utils import instantiate
 
@@ -63,6 +82,10 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+    ckpt_path = _resume_path(cfg)
+    if ckpt_path:
+        check_checkpoint(ckpt_path, model)
+        log.info(f"Resuming from {ckpt_path}")
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(
         cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False
@@ -72,7 +95,7 @@ def train(cfg: DictConfig) -> float | None:
     for lg in loggers:
         lg.log_hyperparams(hparams)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = dict(trainer.callback_metrics)
 
     if cfg.get("test"):
@@ -96,16 +119,24 @@ def train(cfg: DictConfig) -> float | None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)
-    except AelabError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        problem = _user_error(err)
+        if problem is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _user_error(err: BaseException | None) -> AelabError | None:
+    """The AelabError behind `err`, also when Hydra's instantiate wrapped it."""
+    while err is not None and not isinstance(err, AelabError):
+        err = err.__cause__
+    return err
 
 
 def main() -> None:
     """Console-script entry point (`aelab-train`, `python train.py`)."""
-    export_project_root()
+    prepare_hydra()
     _hydra_main()
 
 

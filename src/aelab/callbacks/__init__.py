@@ -1,5 +1,6 @@
 """Lightning callbacks of our own (the rest come from Lightning itself)."""
 
 from aelab.callbacks.image_grids import ImageGrids
+from aelab.callbacks.reliability import DivergenceGuard, InterruptCheckpoint
 
-__all__ = ["ImageGrids"]
+__all__ = ["DivergenceGuard", "ImageGrids", "InterruptCheckpoint"]

@@ -1,5 +1,6 @@
 """MNIST and Fashion-MNIST as in-memory uint8 tensors, with a fixed train/val split."""
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,9 +8,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from aelab.config import writable_dir_error
 from aelab.data.batches import BatchIndices, TensorImages
-from aelab.data.idx import read_idx, read_idx_shape
+from aelab.data.idx import incomplete_reason, read_idx, read_idx_shape
 from aelab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 SPLITS = {
     "train_images": "train-images-idx3-ubyte",
@@ -34,6 +38,38 @@ DATASETS = {
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels in [0, 255] to float in [0, 1]: done per batch, on the batch's device."""
     return images.float().div_(255)
+
+
+def read_checked(files: dict[str, Path]) -> dict[str, torch.Tensor]:
+    """Read the four IDX files and make sure they belong together, naming the file at fault."""
+    arrays = {split: read_idx(path) for split, path in files.items()}
+    for split, ndim, what in [
+        ("train_images", 3, "images (N, H, W)"),
+        ("test_images", 3, "images (N, H, W)"),
+        ("train_labels", 1, "labels (N,)"),
+        ("test_labels", 1, "labels (N,)"),
+    ]:
+        if arrays[split].ndim != ndim:
+            raise DataError(f"{files[split]}: expected {what}, got {tuple(arrays[split].shape)}")
+    for part in ("train", "test"):
+        images, labels = f"{part}_images", f"{part}_labels"
+        if len(arrays[images]) != len(arrays[labels]):
+            raise DataError(
+                f"{files[images]} holds {len(arrays[images])} images but "
+                f"{files[labels]} holds {len(arrays[labels])} labels"
+            )
+    train, test = arrays["train_images"], arrays["test_images"]
+    if len(train) < len(test):
+        raise DataError(
+            f"{files['train_images']} holds fewer images ({len(train)}) than "
+            f"{files['test_images']} ({len(test)}): are train and test swapped?"
+        )
+    if train.shape[1:] != test.shape[1:]:
+        raise DataError(
+            f"{files['test_images']}: images of size {tuple(test.shape[1:])}, "
+            f"but the training images are {tuple(train.shape[1:])}"
+        )
+    return arrays
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -102,11 +138,23 @@ class ImageDataModule(L.LightningDataModule):
         return found
 
     def prepare_data(self) -> None:
-        """Download the raw files with torchvision unless they are already on disk."""
-        if self._find() is not None:
-            return
+        """Download the raw files with torchvision unless they are already on disk; a file that
+        a killed download left half-written is removed and fetched again, never used."""
+        missing = f"{self.dataset} is not under {self.raw_dir}"
+        found = self._find()
+        if found is not None:
+            broken = {p: incomplete_reason(p) for p in found.values() if p.parent == self.raw_dir}
+            broken = {path: reason for path, reason in broken.items() if reason}
+            if not broken:
+                return
+            for path, reason in broken.items():
+                log.warning(f"{reason}: removing it and downloading it again")
+                path.unlink()
+            missing = f"{next(iter(broken.values()))}, so it was removed"
         import torchvision.datasets
 
+        if error := writable_dir_error("paths.data_dir", self.raw_dir):
+            raise DataError(f"{missing} and cannot be downloaded: {error}")
         dataset_cls = getattr(torchvision.datasets, self.info.folder)
         try:
             for train in (True, False):
@@ -114,7 +162,7 @@ class ImageDataModule(L.LightningDataModule):
         except Exception as err:
             reason = " ".join(str(err).split())[-160:] or type(err).__name__
             raise DataError(
-                f"{self.dataset} is not under {self.raw_dir} and downloading it failed ({reason}). "
+                f"{missing} and downloading it failed ({reason}). "
                 f"Offline, copy {', '.join(SPLITS.values())} (raw or .gz) into {self.raw_dir}, "
                 f"or set paths.data_dir to a folder that has {self.info.folder}/raw/"
             ) from None
@@ -133,15 +181,7 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        files = self.files()
-        arrays = {split: read_idx(path) for split, path in files.items()}
-        for part in ("train", "test"):
-            images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
-            if len(images) != len(labels):
-                raise DataError(
-                    f"{files[f'{part}_images']} holds {len(images)} images but "
-                    f"{files[f'{part}_labels']} holds {len(labels)} labels"
-                )
+        arrays = read_checked(self.files())
         train_images = arrays["train_images"].unsqueeze(1)
         if not 0 < self.val_size < len(train_images):
             raise ConfigError(
@@ -191,6 +231,9 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and device.type == "cpu",
             persistent_workers=self.num_workers > 0,
+            # Its own generator: starting an epoch then draws nothing from the global RNG, so
+            # a resumed run's noise stays in step with an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.split_seed),
         )
 
     def train_dataloader(self) -> DataLoader:

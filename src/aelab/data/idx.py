@@ -60,3 +60,17 @@ def read_idx(path: Path) -> torch.Tensor:
             f"the header promises shape {tuple(shape)} ({expected} bytes), the file has {len(data)}"
         )
     return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).view(*shape)
+
+
+def incomplete_reason(path: Path) -> str | None:
+    """Why a raw IDX file is shorter or longer than its header says (a half-written download),
+    or None. Only reads the header; gzipped files are checked when they are read."""
+    if path.suffix == ".gz":
+        return None
+    try:
+        shape = read_idx_shape(path)
+    except DataError as err:
+        return str(err)
+    expected = 4 + 4 * len(shape) + math.prod(shape)
+    size = path.stat().st_size
+    return None if size == expected else f"{path}: {size} bytes, its header promises {expected}"

@@ -31,6 +31,24 @@ class AutoencoderModule(L.LightningModule):
             for module in self.children():
                 module.compile()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the random state, so that a resumed deterministic run draws the same noise."""
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_states_to_restore = checkpoint.get("rng_states")
+
+    def on_train_epoch_start(self) -> None:
+        # Restored here rather than on load: the sanity check before it draws noise too.
+        states = getattr(self, "_rng_states_to_restore", None)
+        if states:
+            torch.set_rng_state(states["torch"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+            self._rng_states_to_restore = None
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -1,0 +1,113 @@
+"""Checks that turn impossible configs and foreign checkpoints into one clear line each,
+before any data is loaded or any step is taken."""
+
+from numbers import Number
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    import torch
+
+from aelab.errors import ConfigError
+
+POSITIVE = "a number > 0"
+
+
+def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:
+    value = _select(cfg, key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not ok(value):
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be {allowed}")
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and value > 0
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values that cannot work, naming the key and what is allowed."""
+    _require(cfg, "model.latent_dim", _positive_int, "an integer > 0")
+    hidden = _select(cfg, "model.hidden_dims")
+    if hidden is not None and not all(_positive_int(h) for h in hidden):
+        raise ConfigError(
+            f"model.hidden_dims={list(hidden)} is not allowed; every size must be > 0"
+        )
+    _require(cfg, "model.optimizer.lr", lambda v: isinstance(v, Number) and v > 0, POSITIVE)
+    _require(cfg, "data.batch_size", _positive_int, "an integer > 0")
+    _require(cfg, "data.val_size", _positive_int, "an integer > 0 (images held out for validation)")
+    _require(cfg, "data.num_workers", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    _require(
+        cfg,
+        "trainer.max_epochs",
+        lambda v: isinstance(v, int) and (v > 0 or v == -1),
+        "an integer > 0, or -1 for no limit",
+    )
+    target = _select(cfg, "model.optimizer._target_")
+    if target is not None:
+        _check_importable(
+            "model.optimizer._target_",
+            target,
+            "e.g. torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD",
+        )
+
+
+def _check_importable(key: str, target: str, examples: str) -> None:
+    from hydra.utils import get_object
+
+    try:
+        get_object(target)
+    except Exception:
+        raise ConfigError(f"{key}={target!r} cannot be imported; {examples}") from None
+
+
+def check_checkpoint(path: str | Path, model: "torch.nn.Module") -> None:
+    """Load a checkpoint weights-only and make sure it holds this model, for these images."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={str(path)!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = " ".join(str(err).split())[:200]
+        raise ConfigError(
+            f"{path}: not a loadable checkpoint of this template ({reason})"
+        ) from None
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(
+        checkpoint
+    ):
+        raise ConfigError(
+            f"{path}: not a checkpoint of this template (no state_dict or hyper_parameters)"
+        )
+    saved_shape = tuple(checkpoint["hyper_parameters"].get("image_shape", ()))
+    image_shape = tuple(model.hparams["image_shape"])
+    if saved_shape != image_shape:
+        raise ConfigError(
+            f"{path}: trained on images of shape {saved_shape}, the data has {image_shape}"
+        )
+    saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if saved != expected:
+        different = sorted(set(saved) ^ set(expected)) or [
+            k for k in saved if saved[k] != expected[k]
+        ]
+        raise ConfigError(
+            f"{path}: holds a different model than the config describes "
+            f"(differs in {', '.join(different[:3])}); use the model overrides it was trained with"
+        )
+    for name, tensor in checkpoint["state_dict"].items():
+        if not torch.isfinite(tensor).all():
+            raise ConfigError(f"{path}: parameter {name} holds NaN or infinite values")
