@@ -263,3 +263,53 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data_dir, tmp_p
     assert tests_a.keys() == tests_b.keys() == {"test/loss", "test/recon", "test/kl"}
     for tag in tests_a:
         assert tests_a[tag] == pytest.approx(tests_b[tag], abs=1e-6)
+
+
+def test_run_folder_follows_the_checkpoint(tmp_path):
+    from aelab.config import run_dir
+
+    runs = tmp_path / "runs"
+    assert run_dir(None, str(runs), "2026-01-01_00-00-00") == f"{runs}/2026-01-01_00-00-00"
+    assert run_dir("last", str(runs), "now") == f"{runs}/now", "nothing to resume: a fresh run"
+    for name, age in [("old", 100), ("new", 10)]:
+        checkpoint = runs / name / "checkpoints" / "last.ckpt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"")
+        os.utime(checkpoint, (time.time() - age, time.time() - age))
+    assert run_dir("last", str(runs), "now") == str(runs / "new")
+    named = runs / "old" / "checkpoints" / "last.ckpt"
+    assert run_dir(str(named), str(runs), "now") == str(runs / "old")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_write_a_checkpoint(data_dir, tmp_path, signum):
+    args = [
+        "model=vae",
+        "trainer.max_epochs=50",
+        *small_run_overrides(data_dir),
+        "data.batch_size=8",
+    ]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            *args,
+            "callbacks.progress_bar=null",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    process.send_signal(signum)
+    assert process.wait(timeout=60) == 1
+    interrupted = tmp_path / "checkpoints" / "interrupted.ckpt"
+    assert interrupted.is_file()
+    state = torch.load(interrupted, weights_only=True)
+    assert state["global_step"] >= torch.load(last, weights_only=True)["global_step"] > 0

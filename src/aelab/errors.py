@@ -15,3 +15,7 @@ class DataError(AelabError):
 
 class TrainingDiverged(AelabError):
     """The loss became NaN or infinite (names the step and the last good checkpoint)."""
+
+
+class Interrupted(AelabError):
+    """SIGTERM (a preempted job) stopped training after a checkpoint was written."""

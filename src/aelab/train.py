@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from aelab.config import CONFIG_DIR, RESUMABLE, prepare_hydra
-from aelab.errors import AelabError, ConfigError
+from aelab.errors import AelabError, ConfigError, Interrupted
 from aelab.validation import check_checkpoint, check_config
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     _quiet_lightning_console()
 
@@ -95,7 +96,13 @@ def train(cfg: DictConfig) -> float | None:
     for lg in loggers:
         lg.log_hyperparams(hparams)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        raise Interrupted(
+            f"stopped by SIGTERM at step {trainer.global_step}, after saving "
+            f"{Path(cfg.paths.output_dir) / 'checkpoints'}; resume with ckpt_path=last"
+        ) from None
     metrics = dict(trainer.callback_metrics)
 
     if cfg.get("test"):
