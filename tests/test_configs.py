@@ -12,8 +12,8 @@ DATA = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
 
 
 def test_groups_have_the_documented_options():
-    assert {"ae", "deep_ae", "vae"} <= set(MODELS)
-    assert {"mnist", "fashion"} <= set(DATA)
+    assert {"ae", "deep_ae", "vae", "conv_ae", "conv_vae", "beta_vae"} <= set(MODELS)
+    assert {"mnist", "fashion", "idx"} <= set(DATA)
     for group, options in {
         "trainer": {"default", "cpu", "gpu"},
         "logger": {"tensorboard", "csv", "none"},
@@ -24,8 +24,10 @@ def test_groups_have_the_documented_options():
 
 @pytest.mark.parametrize(("model", "data"), list(itertools.product(MODELS, DATA)))
 def test_every_model_and_data_compose_and_instantiate(compose_cfg, tmp_path, model, data):
-    cfg = compose_cfg(f"model={model}", f"data={data}", output_dir=tmp_path)
-    assert cfg.data.dataset == {"mnist": "mnist", "fashion": "fashion"}[data]
+    cfg = compose_cfg(
+        f"model={model}", f"data={data}", f"data.path={tmp_path}", output_dir=tmp_path
+    )
+    assert cfg.data.dataset == data
     assert cfg.model.optimizer._partial_ is True
     datamodule = instantiate(cfg.data)
     assert datamodule.batch_size == cfg.data.batch_size
@@ -72,9 +74,10 @@ def test_help_lists_groups_and_options():
     result = run_train("--help")
     assert result.returncode == 0
     for line in [
-        "model: ae, deep_ae, vae",
-        "data: fashion, mnist",
+        "model: ae, beta_vae, conv_ae, conv_vae, deep_ae, vae",
+        "data: fashion, idx, mnist",
         "logger: csv, none, tensorboard",
+        "trainer: cpu, ddp, ddp_cpu, default, gpu",
     ]:
         assert line in result.stdout
 

@@ -164,8 +164,8 @@ def test_checkpoint_checks(tmp_path):
 
 
 class DivergesInSecondEpoch(Autoencoder):
-    def loss_terms(self, x):
-        terms = super().loss_terms(x)
+    def loss_terms(self, x, target):
+        terms = super().loss_terms(x, target)
         if self.current_epoch >= 1 and self.global_step % 7 == 3:
             terms["loss"] = terms["loss"] * float("nan")
         return terms

@@ -46,7 +46,12 @@ def check_config(cfg: DictConfig) -> None:
         )
     _require(cfg, "model.optimizer.lr", lambda v: isinstance(v, Number) and v > 0, POSITIVE)
     _require(cfg, "data.batch_size", _positive_int, "an integer > 0")
-    _require(cfg, "data.val_size", _positive_int, "an integer > 0 (images held out for validation)")
+    _require(
+        cfg,
+        "data.val_size",
+        lambda v: _positive_int(v) or (isinstance(v, float) and 0 < v < 1),
+        "an integer > 0 (images held out for validation) or a fraction in (0, 1)",
+    )
     _require(cfg, "data.num_workers", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     _require(
         cfg,

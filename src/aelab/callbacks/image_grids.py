@@ -12,7 +12,8 @@ class ImageGrids(L.Callback):
     """At the end of each validation epoch, log to TensorBoard
 
     - `val/reconstructions`: the same `num_images` validation images (top row) above their
-      reconstructions (bottom row), so epochs can be compared image by image;
+      reconstructions (bottom row), so epochs can be compared image by image; for a denoising
+      model three rows: the corrupted input, its reconstruction, the clean image;
     - `val/samples`: for models with a `sample` method, `num_samples` images decoded from prior
       draws fixed once by `seed`.
     """
@@ -31,8 +32,13 @@ class ImageGrids(L.Callback):
         step = trainer.global_step
         images = trainer.datamodule.val_set.images[: self.num_images]
         x = to_float(images.to(pl_module.device))
-        originals_over_reconstructions = torch.cat([x, pl_module.reconstruct(x)])
-        grid = make_grid(originals_over_reconstructions.float().cpu(), nrow=len(x), pad_value=1)
+        if getattr(pl_module, "noise", None):
+            generator = torch.Generator(x.device).manual_seed(self.seed)
+            noisy = pl_module.corrupt(x, generator)
+            rows = [noisy, pl_module.reconstruct(noisy), x]
+        else:
+            rows = [x, pl_module.reconstruct(x)]
+        grid = make_grid(torch.cat(rows).float().cpu(), nrow=len(x), pad_value=1)
         for writer in writers:
             writer.add_image("val/reconstructions", grid, step)
         if hasattr(pl_module, "sample"):

@@ -25,14 +25,17 @@ SPLITS = {
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    folder: str  # torchvision's folder name under data_dir, and its dataset class
+    folder: str | None  # torchvision's folder under data_dir and dataset class; None: data.path
     system_dirs: tuple[str, ...] = ()  # read-only copies installed by the OS
 
 
 DATASETS = {
     "mnist": DatasetInfo("MNIST"),
     "fashion": DatasetInfo("FashionMNIST", system_dirs=("/usr/share/datasets/fashion-mnist",)),
+    "idx": DatasetInfo(None),  # any folder of the four IDX files: data=idx data.path=DIR
 }
+# Other names a folder of your own may use for the test files.
+ALIASES = {"test_images": "test-images-idx3-ubyte", "test_labels": "test-labels-idx1-ubyte"}
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -85,17 +88,21 @@ class ImageDataModule(L.LightningDataModule):
         dataset: str,
         data_dir: str,
         batch_size: int = 128,
-        val_size: int = 5000,
+        val_size: float = 5000,
         num_workers: int = 0,
         split_seed: int = 12345,
         pin_memory: bool = False,
         on_device: bool = True,
         system_dirs: list[str] | None = None,
+        path: str | None = None,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset={dataset!r} is unknown; allowed: {sorted(DATASETS)}")
         self.info = DATASETS[dataset]
+        if self.info.folder is None and not path:
+            raise ConfigError("data=idx needs data.path=DIR, a folder holding the four IDX files")
+        self.path = Path(path).expanduser() if path else None
         self.dataset = dataset
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size = batch_size
@@ -113,6 +120,8 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def raw_dir(self) -> Path:
+        if self.path is not None and self.info.folder is None:
+            return self.path
         return self.data_dir / self.info.folder / "raw"
 
     def _find(self) -> dict[str, Path] | None:
@@ -120,7 +129,8 @@ class ImageDataModule(L.LightningDataModule):
         for folder in (self.raw_dir, *self.system_dirs):
             found = {}
             for split, name in SPLITS.items():
-                candidates = [folder / name, folder / f"{name}.gz"]
+                names = [name, ALIASES.get(split, name)]
+                candidates = [folder / n for base in names for n in (base, f"{base}.gz")]
                 found[split] = next((p for p in candidates if p.is_file()), None)
             if all(found.values()):
                 return found
@@ -130,10 +140,14 @@ class ImageDataModule(L.LightningDataModule):
         found = self._find()
         if found is None:
             missing = ", ".join(SPLITS.values())
+            where = (
+                "data.path"
+                if self.info.folder is None
+                else f"paths.data_dir (with {self.info.folder}/raw/)"
+            )
             raise DataError(
                 f"{self.dataset} not found: {self.raw_dir} lacks {missing} (raw or .gz). "
-                f"Place the four IDX files there or set paths.data_dir to a folder that has "
-                f"{self.info.folder}/raw/"
+                f"Place the four IDX files there or point {where} to a folder that has them"
             )
         return found
 
@@ -141,6 +155,9 @@ class ImageDataModule(L.LightningDataModule):
         """Download the raw files with torchvision unless they are already on disk; a file that
         a killed download left half-written is removed and fetched again, never used."""
         missing = f"{self.dataset} is not under {self.raw_dir}"
+        if self.info.folder is None:
+            self.files()  # a folder of your own is never downloaded: just say what is missing
+            return
         found = self._find()
         if found is not None:
             broken = {p: incomplete_reason(p) for p in found.values() if p.parent == self.raw_dir}
@@ -183,14 +200,17 @@ class ImageDataModule(L.LightningDataModule):
             return
         arrays = read_checked(self.files())
         train_images = arrays["train_images"].unsqueeze(1)
-        if not 0 < self.val_size < len(train_images):
+        val_size = self.val_size
+        if isinstance(val_size, float) and 0 < val_size < 1:
+            val_size = max(1, round(val_size * len(train_images)))
+        if not 0 < val_size < len(train_images) or val_size != int(val_size):
             raise ConfigError(
                 f"data.val_size={self.val_size} must be in [1, {len(train_images) - 1}] "
-                f"(the training file holds {len(train_images)} images)"
+                f"(the training file holds {len(train_images)} images), or a fraction in (0, 1)"
             )
         generator = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(len(train_images), generator=generator)
-        val, train = order[: self.val_size], order[self.val_size :]
+        val, train = order[: int(val_size)], order[int(val_size) :]
         labels = arrays["train_labels"].long()
         self.train_set = TensorImages(train_images[train], labels[train])
         self.val_set = TensorImages(train_images[val], labels[val])

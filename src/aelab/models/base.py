@@ -8,21 +8,38 @@ from torch import nn
 
 from aelab.errors import ConfigError
 
+NOISES = (None, "gaussian", "masking")
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 class AutoencoderModule(L.LightningModule):
     """Subclasses define `encode`, `decode` and `loss_terms`; this class trains and logs them.
 
-    `loss_terms(x)` returns a dict of scalars whose "loss" entry is minimised; each entry is
+    `loss_terms(x, target)` returns a dict of scalars whose "loss" entry is minimised; each entry is
     logged as `<stage>/<name>` (`train/loss`, `val/kl`, ...), per step in training and per epoch,
-    averaged over images, in validation and test.
+    averaged over images, in validation and test. With `noise` set, training inputs are
+    corrupted copies and the clean images are the targets (a denoising autoencoder).
     """
 
-    def __init__(self, optimizer: OptimizerFactory | None = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        optimizer: OptimizerFactory | None = None,
+        compile: bool = False,
+        noise: str | None = None,
+        noise_level: float = 0.0,
+    ) -> None:
         super().__init__()
+        if noise not in NOISES:
+            raise ConfigError(f"model.noise={noise!r} is unknown; allowed: {list(NOISES)}")
+        if noise is not None and not 0 < noise_level <= (1 if noise == "masking" else 10):
+            allowed = "in (0, 1]" if noise == "masking" else "in (0, 10]"
+            raise ConfigError(
+                f"model.noise_level={noise_level} must be {allowed} for {noise} noise"
+            )
         self.optimizer_factory = optimizer
         self.compile_modules = compile
+        self.noise = noise
+        self.noise_level = noise_level
 
     def configure_model(self) -> None:
         """`model.compile=true`: torch.compile every submodule in place, which keeps the
@@ -55,8 +72,20 @@ class AutoencoderModule(L.LightningModule):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss of reconstructing `target` from input `x` (a corrupted copy when denoising)."""
         raise NotImplementedError
+
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The denoising input: Gaussian noise of std `noise_level` (clipped to [0, 1]), or
+        masking that zeroes each pixel with probability `noise_level`."""
+        if self.noise == "gaussian":
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return (x + self.noise_level * eps).clamp_(0, 1)
+        if self.noise == "masking":
+            keep = torch.rand(x.shape, generator=generator, device=x.device) >= self.noise_level
+            return x * keep
+        return x
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """x -> x_hat through the code, as shown in `val/reconstructions`."""
@@ -67,7 +96,7 @@ class AutoencoderModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, _ = batch
-        terms = self.loss_terms(x)
+        terms = self.loss_terms(self.corrupt(x) if stage == "train" else x, x)
         if stage != "train":
             self.log_dict(
                 {f"{stage}/{name}": value for name, value in terms.items()},

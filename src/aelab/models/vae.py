@@ -1,10 +1,14 @@
-"""Variational autoencoder (Kingma & Welling, 2014) with a Bernoulli decoder.
+"""Variational autoencoder (Kingma & Welling, 2014); beta-VAE (Higgins et al., 2017).
 
-    q(z|x) = N(mu(x), diag sigma^2(x)),   p(z) = N(0, I),   p(x|z) = Bernoulli(sigmoid(g(z)))
-    loss   = -ELBO = E_q[-log p(x|z)] + KL(q(z|x) || p(z)),   in nats per image
+    q(z|x) = N(mu(x), diag sigma^2(x)),   p(z) = N(0, I)
+    p(x|z) = Bernoulli(sigmoid(g(z)))            model.likelihood=bernoulli (default)
+           | N(sigmoid(g(z)), s^2 I)             model.likelihood=gaussian, s fixed or learned
+    loss   = E_q[-log p(x|z)] + beta * w(t) * KL(q(z|x) || p(z)),   in nats per image
 
-The reconstruction term is binary cross-entropy summed over pixels and the KL term is analytic,
-exactly as in pytorch/examples, so the numbers are comparable.
+With beta = 1 and no warm-up the loss is -ELBO; the reconstruction term with a Bernoulli decoder
+is binary cross-entropy summed over pixels and the KL term is analytic, exactly as in
+pytorch/examples, so the numbers are comparable. w(t) rises linearly from 0 to 1 over
+`kl_warmup_epochs` epochs of training; validation and test always use w = 1.
 """
 
 import math
@@ -14,20 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aelab.errors import ConfigError
 from aelab.models.base import AutoencoderModule, OptimizerFactory
-from aelab.models.mlp import mlp
+from aelab.models.networks import decoder, encoder_body
+
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 class GaussianEncoder(nn.Module):
     """x -> (mu, log sigma^2) of a diagonal Gaussian over the latent code."""
 
-    def __init__(self, sizes: Sequence[int], activation: str) -> None:
+    def __init__(self, body: nn.Module, features: int, latent_dim: int) -> None:
         super().__init__()
-        *body, latent_dim = sizes
-        hidden = mlp(body, activation, activation if len(body) > 1 else None, "model.activation")
-        self.body = nn.Sequential(nn.Flatten(), hidden)
-        self.mu = nn.Linear(body[-1], latent_dim)
-        self.logvar = nn.Linear(body[-1], latent_dim)
+        self.body = body
+        self.mu = nn.Linear(features, latent_dim)
+        self.logvar = nn.Linear(features, latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)
@@ -41,24 +46,51 @@ class VAE(AutoencoderModule):
         latent_dim: int = 20,
         hidden_dims: Sequence[int] = (400,),
         activation: str = "relu",
+        architecture: str = "mlp",
+        channels: Sequence[int] = (32, 64),
+        likelihood: str = "bernoulli",
+        gaussian_std: float | None = None,
+        beta: float = 1.0,
+        kl_warmup_epochs: int = 0,
+        noise: str | None = None,
+        noise_level: float = 0.0,
         optimizer: OptimizerFactory | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__(optimizer, compile)
+        super().__init__(optimizer, compile, noise, noise_level)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        if likelihood not in LIKELIHOODS:
+            raise ConfigError(
+                f"model.likelihood={likelihood!r} is unknown; allowed: {list(LIKELIHOODS)}"
+            )
+        if beta < 0 or kl_warmup_epochs < 0:
+            raise ConfigError(
+                f"model.beta={beta} and model.kl_warmup_epochs={kl_warmup_epochs} must be >= 0"
+            )
+        if gaussian_std is not None and gaussian_std <= 0:
+            raise ConfigError(f"model.gaussian_std={gaussian_std} must be > 0, or null to learn it")
         self.latent_dim = latent_dim
-        sizes = [math.prod(image_shape), *hidden_dims, latent_dim]
-        self.encoder = GaussianEncoder(sizes, activation)
-        self.decoder_logits = nn.Sequential(
-            mlp(sizes[::-1], activation), nn.Unflatten(1, tuple(image_shape))
+        self.likelihood = likelihood
+        self.beta = beta
+        self.kl_warmup_epochs = kl_warmup_epochs
+        body, features = encoder_body(image_shape, architecture, hidden_dims, channels, activation)
+        self.encoder = GaussianEncoder(body, features, latent_dim)
+        self.decoder_logits = decoder(
+            latent_dim, image_shape, architecture, hidden_dims, channels, activation
         )
+        # log s of the Gaussian decoder: a learned scalar, or a fixed buffer
+        log_std = torch.tensor(math.log(gaussian_std if gaussian_std is not None else 0.1))
+        if likelihood == "gaussian" and gaussian_std is None:
+            self.log_std = nn.Parameter(log_std)
+        else:
+            self.register_buffer("log_std", log_std)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean: the code used for reconstructions and latent plots."""
         return self.encoder(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Pixel probabilities, the mean of p(x|z)."""
+        """The mean of p(x|z): pixel probabilities, or the Gaussian's mean."""
         return torch.sigmoid(self.decoder_logits(z))
 
     def sample(self, z: torch.Tensor | int) -> torch.Tensor:
@@ -67,11 +99,29 @@ class VAE(AutoencoderModule):
             z = torch.randn(z, self.latent_dim, device=self.device)
         return self.decode(z)
 
-    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def neg_log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x|z) summed over pixels and the batch, in nats."""
+        if self.likelihood == "bernoulli":
+            return F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        mean, log_std = torch.sigmoid(logits), self.log_std
+        return torch.sum(
+            0.5 * ((x - mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
+        )
+
+    def kl_weight(self) -> float:
+        if not self.training or self.kl_warmup_epochs == 0:
+            return self.beta
+        progress = (
+            self.current_epoch
+            + self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            / max(1, self.trainer.num_training_batches)
+        )
+        return self.beta * min(1.0, progress / self.kl_warmup_epochs)
+
+    def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         mu, logvar = self.encoder(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        logits = self.decoder_logits(z)
         batch = x.shape[0]
-        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / batch
+        recon = self.neg_log_likelihood(self.decoder_logits(z), target) / batch
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch
-        return {"loss": recon + kl, "recon": recon, "kl": kl}
+        return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
