@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aelab.config import CONFIG_DIR, RESUMABLE, prepare_hydra
 from aelab.errors import AelabError, ConfigError, Interrupted
+from aelab.sweeps import run_sweep_job
 from aelab.validation import check_checkpoint, check_config
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ def _resume_path(cfg: DictConfig) -> str | None:
     return str(max(found, key=lambda p: p.stat().st_mtime))
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Fit the model, test its best checkpoint, and return `cfg.optimized_metric` for sweepers."""
+def fit_and_test(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model, test its best checkpoint; the final metrics (`val/loss`, `test/loss`, ...)."""
     check_config(cfg)
     import lightning as L
     from hydra.utils import instantiate
@@ -113,17 +114,31 @@ def train(cfg: DictConfig) -> float | None:
         metrics.update(trainer.callback_metrics)
 
     _log_final_metrics(loggers, hparams, metrics)
+    return {name: float(value) for name, value in metrics.items()}
 
+
+def optimized(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value of `cfg.optimized_metric` (None when it is null)."""
     name = cfg.get("optimized_metric")
     if not name:
         return None
     if name not in metrics:
         raise ConfigError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
-    return float(metrics[name])
+    return metrics[name]
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit the model, test its best checkpoint, and return `cfg.optimized_metric` for sweepers."""
+    return optimized(cfg, fit_and_test(cfg))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return run_sweep_job(cfg, fit_and_test, optimized)
     try:
         return train(cfg)
     except Exception as err:
