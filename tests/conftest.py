@@ -90,21 +90,25 @@ def compose_cfg():
 CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens here: a download fails at once
 
 
-def run_train(*args: str, env: dict | None = None, timeout: int = 300):
-    """Run `python train.py ARGS` from the repository root, as a user would, offline: any
-    download goes through a proxy on a closed port and fails at once."""
+def run_python(*args: str, env: dict | None = None, timeout: int = 600):
+    """Run `python ARGS` from the repository root, as a user would, offline: any download goes
+    through a proxy on a closed port and fails at once."""
     import os
     import subprocess
 
     proxies = {
         name: CLOSED_PORT for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
     }
-    env = {**(env or os.environ), **proxies}
     return subprocess.run(
-        [sys.executable, "train.py", *args],
+        [sys.executable, *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
-        env=env,
+        env={**(env or os.environ), **proxies},
         timeout=timeout,
     )
+
+
+def run_train(*args: str, env: dict | None = None, timeout: int = 600):
+    """`python train.py ARGS`."""
+    return run_python("train.py", *args, env=env, timeout=timeout)

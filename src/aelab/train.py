@@ -7,6 +7,8 @@ without loading torch; Lightning comes in when training starts.
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -20,14 +22,14 @@ from aelab.validation import check_checkpoint, check_config
 log = logging.getLogger(__name__)
 
 
-def _instantiate_all(group: DictConfig | None) -> list:
+def instantiate_all(group: DictConfig | None) -> list:
     """Instantiate every entry of a group such as `callbacks` or `logger` that has a _target_."""
     from hydra.utils import instantiate
 
     return [instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
 
 
-def _quiet_lightning_console() -> None:
+def quiet_lightning_console() -> None:
     """Send Lightning's messages through Hydra's log handlers only (it adds its own console
     handler on import, which prints every line twice), minus its advertisement for LitLogger."""
     lightning_logger = logging.getLogger("lightning")
@@ -76,7 +78,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    _quiet_lightning_console()
+    quiet_lightning_console()
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -88,9 +90,9 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         check_checkpoint(ckpt_path, model)
         log.info(f"Resuming from {ckpt_path}")
-    loggers = _instantiate_all(cfg.get("logger"))
+    loggers = instantiate_all(cfg.get("logger"))
     trainer = instantiate(
-        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False
+        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hparams = {key: resolved[key] for key in ("model", "data", "trainer", "seed")}
@@ -139,8 +141,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg, fit_and_test, optimized)
-    try:
+    with report_user_errors():
         return train(cfg)
+
+
+@contextmanager
+def report_user_errors() -> Iterator[None]:
+    """An AelabError (also one that Hydra's instantiate wrapped) becomes one `error:` line and
+    exit code 1; HYDRA_FULL_ERROR=1 shows the traceback instead. Other errors pass."""
+    try:
+        yield
     except Exception as err:
         problem = _user_error(err)
         if problem is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

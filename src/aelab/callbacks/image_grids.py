@@ -1,9 +1,11 @@
 """Image grids in TensorBoard: what the model reconstructs and, for generative models, samples."""
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torchvision.utils import make_grid
+from torchvision.utils import make_grid, save_image
 
 from aelab.data import to_float
 
@@ -16,20 +18,33 @@ class ImageGrids(L.Callback):
       model three rows: the corrupted input, its reconstruction, the clean image;
     - `val/samples`: for models with a `sample` method, `num_samples` images decoded from prior
       draws fixed once by `seed`.
+
+    With `save_png`, each grid is also written to `<run>/images/<tag>_epoch_NNN.png`.
     """
 
-    def __init__(self, num_images: int = 8, num_samples: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self, num_images: int = 8, num_samples: int = 64, seed: int = 0, save_png: bool = False
+    ) -> None:
         self.num_images = num_images
         self.num_samples = num_samples
         self.seed = seed
+        self.save_png = save_png
+
+    def _log(self, trainer: L.Trainer, writers: list, tag: str, grid: torch.Tensor) -> None:
+        for writer in writers:
+            writer.add_image(tag, grid, trainer.global_step)
+        if self.save_png:
+            folder = Path(trainer.default_root_dir) / "images"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{tag.replace('/', '_')}_epoch_{trainer.current_epoch:03d}.png"
+            save_image(grid, folder / name)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not writers:
+        if not writers and not self.save_png:
             return
-        step = trainer.global_step
         images = trainer.datamodule.val_set.images[: self.num_images]
         x = to_float(images.to(pl_module.device))
         if getattr(pl_module, "noise", None):
@@ -39,12 +54,10 @@ class ImageGrids(L.Callback):
         else:
             rows = [x, pl_module.reconstruct(x)]
         grid = make_grid(torch.cat(rows).float().cpu(), nrow=len(x), pad_value=1)
-        for writer in writers:
-            writer.add_image("val/reconstructions", grid, step)
+        self._log(trainer, writers, "val/reconstructions", grid)
         if hasattr(pl_module, "sample"):
             generator = torch.Generator().manual_seed(self.seed)
             z = torch.randn(self.num_samples, pl_module.latent_dim, generator=generator)
             samples = pl_module.sample(z.to(pl_module.device)).float().cpu()
             grid = make_grid(samples, nrow=int(self.num_samples**0.5), pad_value=1)
-            for writer in writers:
-                writer.add_image("val/samples", grid, step)
+            self._log(trainer, writers, "val/samples", grid)

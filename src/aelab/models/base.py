@@ -94,9 +94,20 @@ class AutoencoderModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, index: int
+    ) -> torch.Tensor:
         x, _ = batch
-        terms = self.loss_terms(self.corrupt(x) if stage == "train" else x, x)
+        if stage == "train":
+            terms = self.loss_terms(self.corrupt(x), x)
+        else:
+            # Evaluation noise (the VAE's z draws) is seeded by the batch index in a forked RNG:
+            # val/test losses are the same in every run and from every checkpoint, and the
+            # training random stream does not depend on how often validation ran.
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(index)
+                terms = self.loss_terms(x, x)
         if stage != "train":
             self.log_dict(
                 {f"{stage}/{name}": value for name, value in terms.items()},
@@ -116,13 +127,13 @@ class AutoencoderModule(L.LightningModule):
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+        return self._step(batch, "val", batch_idx)
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
+        return self._step(batch, "test", batch_idx)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:

@@ -83,7 +83,7 @@ class VAE(AutoencoderModule):
         if likelihood == "gaussian" and gaussian_std is None:
             self.log_std = nn.Parameter(log_std)
         else:
-            self.register_buffer("log_std", log_std)
+            self.register_buffer("log_std", log_std, persistent=False)  # follows the config
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean: the code used for reconstructions and latent plots."""
@@ -99,14 +99,20 @@ class VAE(AutoencoderModule):
             z = torch.randn(z, self.latent_dim, device=self.device)
         return self.decode(z)
 
+    def log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) of each image, in nats (summed over its pixels)."""
+        if self.likelihood == "bernoulli":
+            per_pixel = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        else:
+            mean, log_std = torch.sigmoid(logits), self.log_std
+            per_pixel = -(
+                0.5 * ((x - mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
+            )
+        return per_pixel.flatten(1).sum(1)
+
     def neg_log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) summed over pixels and the batch, in nats."""
-        if self.likelihood == "bernoulli":
-            return F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-        mean, log_std = torch.sigmoid(logits), self.log_std
-        return torch.sum(
-            0.5 * ((x - mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
-        )
+        return -self.log_likelihood(logits, x).sum()
 
     def kl_weight(self) -> float:
         if not self.training or self.kl_warmup_epochs == 0:

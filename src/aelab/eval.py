@@ -1,0 +1,86 @@
+"""Evaluation entry point: `python -m aelab.eval ckpt_path=PATH` (or `aelab-eval ...`).
+
+Tests a checkpoint on the official test set with only the checkpoint and its run's saved
+config: the training metrics under the same names (`test/loss`, ...), plus the VAE's
+importance-weighted likelihood `test/nll_iw` and the k-NN and linear-probe accuracies of the
+latent codes (`test/knn_acc`, `test/linear_acc`) beside the same two on raw pixels. Printed as
+a table and logged to TensorBoard in the evaluation's own run folder.
+"""
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from aelab.config import CONFIG_DIR, prepare_hydra
+from aelab.train import report_user_errors
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """All test metrics of the checkpoint `cfg.ckpt_path`."""
+    import lightning as L
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from aelab.evaluation.metrics import (
+        importance_weighted_nll,
+        knn_accuracy,
+        latent_codes,
+        linear_probe_accuracy,
+    )
+    from aelab.evaluation.runs import load_run
+    from aelab.models import VAE
+    from aelab.train import instantiate_all, quiet_lightning_console
+
+    quiet_lightning_console()
+    L.seed_everything(cfg.seed)
+    run_cfg, model, datamodule = load_run(cfg.ckpt_path, cfg.paths.data_dir)
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator, devices=1, logger=loggers or False, enable_checkpointing=False
+    )
+    trainer.test(model, datamodule=datamodule)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+    train, test = datamodule.train_set, datamodule.test_set
+    train_y, test_y = train.labels.cpu(), test.labels.cpu()
+    train_z, test_z = latent_codes(model, train.images), latent_codes(model, test.images)
+    train_px, test_px = train.images.flatten(1).float().cpu(), test.images.flatten(1).float().cpu()
+    metrics["test/knn_acc"] = knn_accuracy(train_z, train_y, test_z, test_y, cfg.knn_k)
+    metrics["test/linear_acc"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
+    metrics["test/knn_acc_pixels"] = knn_accuracy(train_px, train_y, test_px, test_y, cfg.knn_k)
+    metrics["test/linear_acc_pixels"] = linear_probe_accuracy(train_px, train_y, test_px, test_y)
+    if isinstance(model, VAE) and cfg.iw_samples > 0:
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            metrics["test/nll_iw"] = importance_weighted_nll(model, test.images, cfg.iw_samples)
+
+    for lg in loggers:
+        lg.log_metrics(metrics, step=0)
+        lg.finalize("success")
+    table = Table(title=f"{run_cfg.model._target_.rsplit('.', 1)[-1]} from {cfg.ckpt_path}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in sorted(metrics):
+        table.add_row(name, f"{metrics[name]:.4f}")
+    Console().print(table)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def _hydra_main(cfg: DictConfig) -> None:
+    with report_user_errors():
+        evaluate(cfg)
+
+
+def main() -> None:
+    """Console-script entry point (`aelab-eval`, `python -m aelab.eval`)."""
+    prepare_hydra()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Likelihood and latent-quality metrics, computed on in-memory tensors in batches."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Normal
+
+from aelab.data import to_float
+from aelab.models import VAE, AutoencoderModule
+
+
+@torch.no_grad()
+def latent_codes(
+    model: AutoencoderModule, images: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    """The code of every image (the posterior mean for a VAE), on the CPU."""
+    model.eval()
+    return torch.cat(
+        [
+            model.encode(to_float(b.to(model.device))).flatten(1).cpu()
+            for b in images.split(batch_size)
+        ]
+    )
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 10,
+) -> float:
+    """Accuracy of a k-nearest-neighbour vote (Euclidean distance) fitted on the training set."""
+    train_x, test_x = train_x.float(), test_x.float()
+    votes = []
+    for chunk in test_x.split(512):
+        nearest = torch.cdist(chunk, train_x).topk(k, largest=False).indices
+        votes.append(torch.mode(train_y[nearest], dim=1).values)
+    return (torch.cat(votes) == test_y).float().mean().item()
+
+
+def linear_probe_accuracy(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    steps: int = 100,
+    weight_decay: float = 1e-4,
+) -> float:
+    """Accuracy of multinomial logistic regression on standardised features (full-batch L-BFGS,
+    deterministic), fitted on the training set."""
+    mean, std = train_x.float().mean(0), train_x.float().std(0).clamp_min(1e-6)
+    train_x, test_x = (train_x.float() - mean) / std, (test_x.float() - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    linear = torch.nn.Linear(train_x.shape[1], classes)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    optimizer = torch.optim.LBFGS(
+        linear.parameters(), max_iter=steps, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(linear(train_x), train_y) + weight_decay * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return (linear(test_x).argmax(1) == test_y).float().mean().item()
+
+
+@torch.no_grad()
+def importance_weighted_nll(
+    model: VAE, images: torch.Tensor, samples: int = 5000, batch_elements: int = 65536
+) -> float:
+    """-log p(x) in nats per image, estimated with K importance samples from q(z|x):
+
+        log p(x) ~ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K
+
+    (Burda et al., 2016). Batched so that at most `batch_elements` decoded images are in memory.
+    """
+    model.eval()
+    prior = Normal(0.0, 1.0)
+    total = 0.0
+    for batch in images.split(max(1, batch_elements // samples)):
+        x = to_float(batch.to(model.device))
+        mu, logvar = model.encoder(x)
+        q = Normal(mu, (0.5 * logvar).exp())
+        chunk = max(1, batch_elements // len(x))
+        log_weights = []
+        for start in range(0, samples, chunk):
+            z = q.sample((min(chunk, samples - start),))  # (S, B, D)
+            logits = model.decoder_logits(z.flatten(0, 1))
+            targets = x.expand(z.shape[0], *x.shape).flatten(0, 1)
+            log_px_z = model.log_likelihood(logits, targets).view(z.shape[:2])
+            log_weights.append(log_px_z + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
+        log_px = torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(samples)
+        total -= log_px.sum().item()
+    return total / len(images)

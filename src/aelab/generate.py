@@ -1,0 +1,73 @@
+"""Generation entry point: `python -m aelab.generate ckpt_path=PATH` (or `aelab-generate ...`).
+
+Writes PNG grids into its run folder (`hydra.run.dir=...` moves it):
+
+- `samples.png`: images decoded from prior draws z ~ N(0, I) (VAEs only);
+- `reconstructions.png`: test images (top row) above their reconstructions (bottom row);
+- `interpolations.png`: each row decodes evenly spaced points on the line between the codes
+  of two test images (the first and last columns are those images' reconstructions).
+"""
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from aelab.config import CONFIG_DIR, prepare_hydra
+from aelab.train import report_user_errors
+
+log = logging.getLogger(__name__)
+
+
+def generate(cfg: DictConfig) -> list[Path]:
+    """Write the PNG grids of the checkpoint `cfg.ckpt_path`; returns their paths."""
+    import torch
+    from torchvision.utils import save_image
+
+    from aelab.data import to_float
+    from aelab.evaluation.runs import load_run
+
+    torch.manual_seed(cfg.seed)
+    _, model, datamodule = load_run(cfg.ckpt_path, cfg.paths.data_dir)
+    datamodule.setup("test")
+    out = Path(cfg.paths.output_dir)
+    written = []
+
+    def save(images: torch.Tensor, name: str, nrow: int) -> None:
+        save_image(images.float().cpu(), out / name, nrow=nrow, padding=2, pad_value=1)
+        written.append(out / name)
+
+    with torch.no_grad():
+        if hasattr(model, "sample"):
+            save(model.sample(cfg.num_samples), "samples.png", nrow=int(cfg.num_samples**0.5))
+        else:
+            log.info("Not a generative model: no samples.png (it has no prior to sample from)")
+        n = cfg.num_reconstructions
+        x = to_float(datamodule.test_set.images[: 2 * n])
+        save(torch.cat([x[:n], model.reconstruct(x[:n])]), "reconstructions.png", nrow=n)
+        steps = cfg.interpolation_steps
+        pairs = cfg.num_interpolations
+        start, end = model.encode(x[:pairs]), model.encode(x[n : n + pairs])
+        weights = torch.linspace(0, 1, steps).view(1, steps, 1)
+        codes = (1 - weights) * start.unsqueeze(1) + weights * end.unsqueeze(1)
+        save(model.decode(codes.flatten(0, 1)), "interpolations.png", nrow=steps)
+    for path in written:
+        log.info(f"Wrote {path}")
+    return written
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="generate")
+def _hydra_main(cfg: DictConfig) -> None:
+    with report_user_errors():
+        generate(cfg)
+
+
+def main() -> None:
+    """Console-script entry point (`aelab-generate`, `python -m aelab.generate`)."""
+    prepare_hydra()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

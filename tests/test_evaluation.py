@@ -1,0 +1,122 @@
+"""Evaluation from a checkpoint, latent and likelihood metrics, generated PNGs."""
+
+import pytest
+import torch
+from conftest import run_python, run_train, small_run_overrides
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from aelab.evaluation.metrics import importance_weighted_nll, knn_accuracy, linear_probe_accuracy
+from aelab.models import VAE
+
+
+def run_module(module: str, *args: str):
+    return run_python("-m", module, *args)
+
+
+def test_knn_and_linear_probe_on_separable_codes():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 5, generator=generator) * 5
+    y = torch.arange(300) % 3
+    x = centres[y] + torch.randn(300, 5, generator=generator)
+    assert knn_accuracy(x[:200], y[:200], x[200:], y[200:], k=5) > 0.95
+    assert linear_probe_accuracy(x[:200], y[:200], x[200:], y[200:]) > 0.95
+    assert knn_accuracy(x[:200], y[:200], x[200:], (y[200:] + 1) % 3, k=5) < 0.1
+
+
+def test_importance_weighted_nll_bounds_the_elbo():
+    torch.manual_seed(0)
+    model = VAE((1, 6, 6), latent_dim=2, hidden_dims=[16])
+    images = (torch.rand(20, 1, 6, 6) * 255).to(torch.uint8)
+    x = images.float() / 255
+    model.eval()
+    with torch.no_grad():
+        elbo_loss = torch.stack([model.loss_terms(x, x)["loss"] for _ in range(200)]).mean().item()
+    nll_1 = importance_weighted_nll(model, images, samples=1)
+    nll_k = importance_weighted_nll(model, images, samples=500, batch_elements=1000)
+    assert nll_1 == pytest.approx(elbo_loss, rel=0.05)  # K = 1 is the ELBO itself
+    assert nll_k < elbo_loss  # the IW bound is tighter
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_train(
+        "model=vae",
+        "trainer.max_epochs=2",
+        "callbacks.image_grids.save_png=true",
+        *small_run_overrides(data_dir),
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def _scalars(folder):
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_per_epoch_pngs(trained_run):
+    names = sorted(p.name for p in (trained_run / "images").iterdir())
+    assert names == [
+        "val_reconstructions_epoch_000.png",
+        "val_reconstructions_epoch_001.png",
+        "val_samples_epoch_000.png",
+        "val_samples_epoch_001.png",
+    ]
+
+
+@pytest.mark.slow
+def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_dir, tmp_path):
+    best = next(p for p in (trained_run / "checkpoints").iterdir() if p.name.startswith("epoch_"))
+    result = run_module(
+        "aelab.eval",
+        f"ckpt_path={best}",
+        f"paths.data_dir={data_dir}",
+        "iw_samples=20",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = _scalars(trained_run / "tensorboard")
+    evaluated = _scalars(tmp_path / "tensorboard")
+    for name in ("test/loss", "test/recon", "test/kl"):
+        assert evaluated[name] == pytest.approx(trained[name], abs=1e-4), name
+    for name in (
+        "test/nll_iw",
+        "test/knn_acc",
+        "test/linear_acc",
+        "test/knn_acc_pixels",
+        "test/linear_acc_pixels",
+    ):
+        assert name in evaluated and name in result.stdout
+    assert 0 < evaluated["test/nll_iw"] < evaluated["test/loss"] + 1
+    assert 0 <= evaluated["test/knn_acc"] <= 1
+
+
+@pytest.mark.slow
+def test_generate_writes_pngs(trained_run, data_dir, tmp_path):
+    result = run_module(
+        "aelab.generate",
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = {
+        name: Image.open(tmp_path / name).size
+        for name in ("samples.png", "reconstructions.png", "interpolations.png")
+    }
+    assert sizes["samples.png"] == (8 * 30 + 2, 8 * 30 + 2)
+    assert sizes["reconstructions.png"] == (16 * 30 + 2, 2 * 30 + 2)
+    assert sizes["interpolations.png"] == (10 * 30 + 2, 8 * 30 + 2)
+
+
+def test_eval_needs_the_run_folder(tmp_path):
+    stray = tmp_path / "model.ckpt"
+    stray.write_bytes(b"")
+    result = run_module("aelab.eval", f"ckpt_path={stray}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 1
+    assert "no saved run config" in result.stderr.strip().splitlines()[-1]
