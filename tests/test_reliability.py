@@ -222,6 +222,24 @@ def _final_state(run_dir):
     return weights, tests
 
 
+def signal_after_first_epoch(args: list[str], run_dir, signum: int) -> int:
+    """Start `train.py ARGS`, send `signum` shortly after its first epoch's checkpoint appears,
+    and return its exit code."""
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the second epoch
+    process.send_signal(signum)
+    return process.wait(timeout=120)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
     args = [
@@ -236,19 +254,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data_dir, tmp_p
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
 
     run_dir = tmp_path / "b"
-    process = subprocess.Popen(
-        [sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    exit_code = signal_after_first_epoch(args, run_dir, signal.SIGKILL)
+    assert exit_code == -signal.SIGKILL, "the run finished before it could be killed"
     last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the second epoch
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert torch.load(last, weights_only=True)["epoch"] < 2
 
     resumed = run_train(*args, "ckpt_path=last", f"hydra.run.dir={run_dir}")
@@ -290,25 +298,9 @@ def test_sigterm_and_sigint_write_a_checkpoint(data_dir, tmp_path, signum):
         *small_run_overrides(data_dir),
         "data.batch_size=8",
     ]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "train.py",
-            *args,
-            "callbacks.progress_bar=null",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    exit_code = signal_after_first_epoch([*args, "callbacks.progress_bar=null"], tmp_path, signum)
+    assert exit_code == 1
     last = tmp_path / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)
-    process.send_signal(signum)
-    assert process.wait(timeout=60) == 1
     interrupted = tmp_path / "checkpoints" / "interrupted.ckpt"
     assert interrupted.is_file()
     state = torch.load(interrupted, weights_only=True)
