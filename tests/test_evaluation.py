@@ -58,6 +58,20 @@ def _scalars(folder):
     return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
 
 
+def _latent_pictures(folder):
+    events = EventAccumulator(str(folder), size_guidance={"images": 0})
+    events.Reload()
+    projector = (folder / "projector_config.pbtxt").read_text()
+    return set(events.Tags()["images"]), projector
+
+
+@pytest.mark.slow
+def test_latent_pictures_after_training(trained_run):
+    images, projector = _latent_pictures(trained_run / "tensorboard")
+    assert {"latent/scatter", "latent/interpolation", "latent/traversal"} <= images
+    assert "latent/test_codes" in projector and "sprite" in projector and "metadata" in projector
+
+
 @pytest.mark.slow
 def test_per_epoch_pngs(trained_run):
     names = sorted(p.name for p in (trained_run / "images").iterdir())
@@ -94,6 +108,9 @@ def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_d
         assert name in evaluated and name in result.stdout
     assert 0 < evaluated["test/nll_iw"] < evaluated["test/loss"] + 1
     assert 0 <= evaluated["test/knn_acc"] <= 1
+    images, projector = _latent_pictures(tmp_path / "tensorboard")
+    assert {"latent/scatter", "latent/interpolation", "latent/traversal"} <= images
+    assert "latent/test_codes" in projector
 
 
 @pytest.mark.slow

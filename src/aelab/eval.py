@@ -4,7 +4,8 @@ Tests a checkpoint on the official test set with only the checkpoint and its run
 config: the training metrics under the same names (`test/loss`, ...), plus the VAE's
 importance-weighted likelihood `test/nll_iw` and the k-NN and linear-probe accuracies of the
 latent codes (`test/knn_acc`, `test/linear_acc`) beside the same two on raw pixels. Printed as
-a table and logged to TensorBoard in the evaluation's own run folder.
+a table and logged to TensorBoard in the evaluation's own run folder, with the latent
+pictures (projector, scatter, interpolation, traversal).
 """
 
 import logging
@@ -22,6 +23,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """All test metrics of the checkpoint `cfg.ckpt_path`."""
     import lightning as L
     import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
     from rich.console import Console
     from rich.table import Table
 
@@ -31,6 +33,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         latent_codes,
         linear_probe_accuracy,
     )
+    from aelab.evaluation.pictures import log_latent_pictures
     from aelab.evaluation.runs import load_run
     from aelab.models import VAE
     from aelab.train import instantiate_all, quiet_lightning_console
@@ -60,6 +63,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     for lg in loggers:
         lg.log_metrics(metrics, step=0)
+        if isinstance(lg, TensorBoardLogger):
+            log_latent_pictures(lg.experiment, model, datamodule, step=0)
         lg.finalize("success")
     table = Table(title=f"{run_cfg.model._target_.rsplit('.', 1)[-1]} from {cfg.ckpt_path}")
     table.add_column("metric")

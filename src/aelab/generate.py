@@ -26,6 +26,7 @@ def generate(cfg: DictConfig) -> list[Path]:
     from torchvision.utils import save_image
 
     from aelab.data import to_float
+    from aelab.evaluation.pictures import interpolate
     from aelab.evaluation.runs import load_run
 
     torch.manual_seed(cfg.seed)
@@ -46,12 +47,9 @@ def generate(cfg: DictConfig) -> list[Path]:
         n = cfg.num_reconstructions
         x = to_float(datamodule.test_set.images[: 2 * n])
         save(torch.cat([x[:n], model.reconstruct(x[:n])]), "reconstructions.png", nrow=n)
-        steps = cfg.interpolation_steps
-        pairs = cfg.num_interpolations
-        start, end = model.encode(x[:pairs]), model.encode(x[n : n + pairs])
-        weights = torch.linspace(0, 1, steps).view(1, steps, 1)
-        codes = (1 - weights) * start.unsqueeze(1) + weights * end.unsqueeze(1)
-        save(model.decode(codes.flatten(0, 1)), "interpolations.png", nrow=steps)
+        pairs, steps = cfg.num_interpolations, cfg.interpolation_steps
+        between = interpolate(model, x[:pairs], x[n : n + pairs], steps)
+        save(between, "interpolations.png", nrow=steps)
     for path in written:
         log.info(f"Wrote {path}")
     return written

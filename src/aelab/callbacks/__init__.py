@@ -1,6 +1,7 @@
 """Lightning callbacks of our own (the rest come from Lightning itself)."""
 
 from aelab.callbacks.image_grids import ImageGrids
+from aelab.callbacks.latent_pictures import LatentPictures
 from aelab.callbacks.reliability import DivergenceGuard, InterruptCheckpoint
 
-__all__ = ["DivergenceGuard", "ImageGrids", "InterruptCheckpoint"]
+__all__ = ["DivergenceGuard", "ImageGrids", "InterruptCheckpoint", "LatentPictures"]

@@ -1,0 +1,91 @@
+"""Pictures of the latent space in TensorBoard: projector, scatter, traversal, interpolation."""
+
+import torch
+from torchvision.utils import make_grid
+
+from aelab.data import ImageDataModule, to_float
+from aelab.evaluation.metrics import latent_codes
+from aelab.models import AutoencoderModule
+
+
+def interpolate(
+    model: AutoencoderModule, a: torch.Tensor, b: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """Decode `steps` evenly spaced points between the codes of images `a` and `b` (N each):
+    N * steps images, row by row."""
+    start, end = model.encode(a), model.encode(b)
+    weights = torch.linspace(0, 1, steps, device=start.device).view(1, steps, 1)
+    return model.decode(
+        ((1 - weights) * start.unsqueeze(1) + weights * end.unsqueeze(1)).flatten(0, 1)
+    )
+
+
+def traversal(model: AutoencoderModule, dims: int, steps: int, span: float = 3.0) -> torch.Tensor:
+    """Row i decodes z = 0 except z_i, swept over [-span, span]: what each dimension controls."""
+    dims = min(dims, model.latent_dim)
+    z = torch.zeros(dims, steps, model.latent_dim, device=model.device)
+    values = torch.linspace(-span, span, steps, device=model.device)
+    for i in range(dims):
+        z[i, :, i] = values
+    return model.decode(z.flatten(0, 1))
+
+
+def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
+    """Codes coloured by label: 2-d and 3-d codes as they are (3-d in 3-d), others projected
+    on their first two principal components."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 5), dpi=100)
+    if codes.shape[1] == 3:
+        axes = figure.add_subplot(projection="3d")
+        points = axes.scatter(*codes.T, c=labels, cmap="tab10", s=4)
+        title = "3-d codes"
+    else:
+        if codes.shape[1] == 2:
+            xy, title = codes, "2-d codes"
+        else:
+            centred = codes - codes.mean(0)
+            xy, title = (
+                centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T,
+                "codes, PCA",
+            )
+        axes = figure.add_subplot()
+        points = axes.scatter(*xy.T, c=labels, cmap="tab10", s=4)
+    axes.set_title(title)
+    figure.colorbar(points, ax=axes, label="label")
+    return figure
+
+
+@torch.no_grad()
+def log_latent_pictures(
+    writer,
+    model: AutoencoderModule,
+    datamodule: ImageDataModule,
+    step: int,
+    num_points: int = 2000,
+    traversal_dims: int = 10,
+    steps: int = 10,
+) -> None:
+    """Write the projector data and the `latent/*` images to a TensorBoard SummaryWriter."""
+    model.eval()
+    images = datamodule.test_set.images[:num_points]
+    labels = datamodule.test_set.labels[:num_points].cpu()
+    codes = latent_codes(model, images)
+    writer.add_embedding(
+        codes,
+        metadata=labels.tolist(),
+        label_img=to_float(images.cpu()),
+        global_step=step,
+        tag="latent/test_codes",
+    )
+    writer.add_figure("latent/scatter", scatter_figure(codes, labels), step)
+    x = to_float(images[:16].to(model.device))
+    grid = make_grid(
+        interpolate(model, x[:8], x[8:16], steps).float().cpu(), nrow=steps, pad_value=1
+    )
+    writer.add_image("latent/interpolation", grid, step)
+    if hasattr(model, "sample"):
+        grid = make_grid(
+            traversal(model, traversal_dims, steps).float().cpu(), nrow=steps, pad_value=1
+        )
+        writer.add_image("latent/traversal", grid, step)
