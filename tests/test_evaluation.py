@@ -137,3 +137,63 @@ def test_eval_needs_the_run_folder(tmp_path):
     result = run_module("aelab.eval", f"ckpt_path={stray}", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 1
     assert "no saved run config" in result.stderr.strip().splitlines()[-1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_run(trained_run):
+    """A real TensorBoard server on the run folder, read back over HTTP on localhost."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            f"--logdir={trained_run}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def get(path: str):
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                runs = get("/data/runs")
+                if runs:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "TensorBoard did not start"
+            time.sleep(0.5)
+        (run,) = runs
+        scalars = get("/data/plugin/scalars/tags")[run]
+        assert {"train/loss", "val/loss", "test/loss", "val/kl"} <= set(scalars)
+        images = get("/data/plugin/images/tags")[run]
+        assert {"val/reconstructions", "val/samples", "latent/scatter", "latent/traversal"} <= set(
+            images
+        )
+        assert "latent/test_codes" in json.dumps(get("/data/plugin/projector/info?run=" + run))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
