@@ -40,6 +40,7 @@ class AutoencoderModule(L.LightningModule):
         self.compile_modules = compile
         self.noise = noise
         self.noise_level = noise_level
+        self._rng_states_to_restore: dict | None = None
 
     def configure_model(self) -> None:
         """`model.compile=true`: torch.compile every submodule in place, which keeps the
@@ -58,8 +59,8 @@ class AutoencoderModule(L.LightningModule):
         self._rng_states_to_restore = checkpoint.get("rng_states")
 
     def on_train_epoch_start(self) -> None:
-        # Restored here rather than on load: the sanity check before it draws noise too.
-        states = getattr(self, "_rng_states_to_restore", None)
+        # Restored here rather than on load, once everything before the first step has run.
+        states = self._rng_states_to_restore
         if states:
             torch.set_rng_state(states["torch"])
             if "cuda" in states and torch.cuda.is_available():
