@@ -1,4 +1,4 @@
-"""Distributed training on CPU processes, torch.compile and bf16 mixed precision."""
+"""Distributed training on CPU processes, torch.compile, bf16 mixed precision, per-step costs."""
 
 from functools import partial
 
@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import run_train, small_run_overrides
+from lightning.pytorch.callbacks import RichProgressBar
 
+from aelab.callbacks import ProgressBar
 from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
 from aelab.models import VAE, Autoencoder
@@ -96,3 +98,32 @@ def test_bf16_mixed_trains_on_cpu(data_dir):
     trainer = _fit(model, data_dir, precision="bf16-mixed")
     assert trainer.precision == "bf16-mixed"
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, monkeypatch):
+    shown = []
+    redraw = RichProgressBar.on_train_batch_end
+
+    def counting(self, trainer, pl_module, outputs, batch, batch_idx):
+        shown.append(batch_idx)
+        redraw(self, trainer, pl_module, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end", counting)
+    model = VAE(
+        (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
+    )
+    dm = ImageDataModule("mnist", str(data_dir), batch_size=16, val_size=128, system_dirs=[])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=30,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[ProgressBar(refresh_rate=1)],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, dm)
+    # one redraw a second: the first step, the epoch's last, and not every step in between
+    assert shown[0] == 0 and shown[-1] == 29
+    assert len(shown) < 30 // 2

@@ -2,6 +2,7 @@
 
 from aelab.callbacks.image_grids import ImageGrids
 from aelab.callbacks.latent_pictures import LatentPictures
+from aelab.callbacks.progress import ProgressBar
 from aelab.callbacks.reliability import DivergenceGuard, InterruptCheckpoint
 
-__all__ = ["DivergenceGuard", "ImageGrids", "InterruptCheckpoint", "LatentPictures"]
+__all__ = ["DivergenceGuard", "ImageGrids", "InterruptCheckpoint", "LatentPictures", "ProgressBar"]
