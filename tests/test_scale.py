@@ -1,12 +1,13 @@
 """Distributed training on CPU processes, torch.compile, bf16 mixed precision, per-step costs."""
 
+import json
 from functools import partial
 
 import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import run_train, small_run_overrides
+from conftest import PROJECT_ROOT, VAL_SIZE, run_python, run_train, small_run_overrides
 from lightning.pytorch.callbacks import RichProgressBar
 
 from aelab.callbacks import ProgressBar
@@ -127,3 +128,25 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, mon
     # one redraw a second: the first step, the epoch's last, and not every step in between
     assert shown[0] == 0 and shown[-1] == 29
     assert len(shown) < 30 // 2
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_python(
+        str(PROJECT_ROOT / "scripts" / "benchmark.py"),
+        *("--data-dir", str(data_dir), "--models", "ae", "--batch-size", "64"),
+        *("--warmup", "0", "--epochs", "1", "--rounds", "2", "--json", str(out)),
+        f"data.val_size={VAL_SIZE}",
+        "model.latent_dim=3",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "a/c" in result.stdout and "ae" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["meta"]["rounds"] == 2
+    assert report["meta"]["overrides"] == [f"data.val_size={VAL_SIZE}", "model.latent_dim=3"]
+    (row,) = report["results"]
+    speeds = [row[f"{name}_samples_per_s"] for name in ("lightning", "tutorial", "bare")]
+    assert all(speed > 0 for speed in speeds)
+    assert row["lightning_vs_bare"] == pytest.approx(speeds[0] / speeds[2])
+    assert row["lightning_vs_tutorial"] == pytest.approx(speeds[0] / speeds[1])
