@@ -104,7 +104,7 @@ def bare_loop(net: L.LightningModule, args: argparse.Namespace) -> list[float]:
 
     def batches():
         order = torch.randperm(len(images), device=args.device)
-        return ((to_float(images[i]), None) for i in order.split(args.batch_size))
+        return ((to_float(images.index_select(0, i)), None) for i in order.split(args.batch_size))
 
     return _epochs(net, args, batches, len(images))
 

@@ -45,6 +45,9 @@ def test_batches_are_uint8_until_transferred(data_dir):
     assert len(batches) == len(dm.train_dataloader()) == -(-(N_TRAIN - VAL_SIZE) // 50)
     images, labels = batches[0]
     assert images.dtype == torch.uint8 and images.shape == (50, 1, 28, 28)
+    first = next(iter(dm.train_dataloader().sampler))
+    assert torch.equal(images, dm.train_set.images[first])
+    assert torch.equal(labels, dm.train_set.labels[first])
     x, y = dm.on_after_batch_transfer((images, labels), 0)
     assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
     assert torch.equal(y, labels)

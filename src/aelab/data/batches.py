@@ -24,7 +24,9 @@ class TensorImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+        # index_select, not images[index]: advanced indexing of a uint8 image tensor is 8x slower
+        # on a CPU (0.24 vs 0.03 ms for 128 MNIST images here), a few percent of a training step.
+        return self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
 class BatchIndices(Sampler[torch.Tensor]):
