@@ -61,18 +61,19 @@ def test_ddp_cpu_trains_two_processes_into_one_run_folder(data_dir, tmp_path):
     assert model.sample(2).shape == (2, 1, 28, 28)
 
 
-def _fit(model: L.LightningModule, data_dir, **trainer_kwargs) -> L.Trainer:
-    dm = ImageDataModule("mnist", str(data_dir), batch_size=64, val_size=128, system_dirs=[])
+def _fit(model: L.LightningModule, data_dir, batch_size: int = 64, **trainer_kwargs) -> L.Trainer:
+    """One short epoch on the synthetic MNIST; `trainer_kwargs` override the defaults."""
+    dm = ImageDataModule(
+        "mnist", str(data_dir), batch_size=batch_size, val_size=128, system_dirs=[]
+    )
+    defaults = {"limit_train_batches": 4, "limit_val_batches": 2, "enable_progress_bar": False}
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=1,
-        limit_train_batches=4,
-        limit_val_batches=2,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
         use_distributed_sampler=False,
-        **trainer_kwargs,
+        **(defaults | trainer_kwargs),
     )
     trainer.fit(model, dm)
     return trainer
@@ -113,18 +114,16 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, mon
     model = VAE(
         (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
     )
-    dm = ImageDataModule("mnist", str(data_dir), batch_size=16, val_size=128, system_dirs=[])
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
+    _fit(
+        model,
+        data_dir,
+        batch_size=16,
         limit_train_batches=30,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
+        enable_progress_bar=True,
         callbacks=[ProgressBar(refresh_rate=1)],
         default_root_dir=tmp_path,
     )
-    trainer.fit(model, dm)
     # one redraw a second: the first step, the epoch's last, and not every step in between
     assert shown[0] == 0 and shown[-1] == 29
     assert len(shown) < 30 // 2

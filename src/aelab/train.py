@@ -53,6 +53,9 @@ def _log_final_metrics(loggers: list, hparams: dict, metrics: dict) -> None:
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger) and final:
             lg.log_hyperparams(hparams, metrics=final)
+            # Lightning closed the writer after testing; this reopened it: flush and close it,
+            # or the summaries may still sit in its queue when the process exits.
+            lg.finalize("success")
 
 
 def _resume_path(cfg: DictConfig) -> str | None:
