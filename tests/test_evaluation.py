@@ -131,6 +131,21 @@ def test_generate_writes_pngs(trained_run, data_dir, tmp_path):
     assert sizes["interpolations.png"] == (10 * 30 + 2, 8 * 30 + 2)
 
 
+@pytest.mark.slow
+def test_generate_interpolates_more_pairs_than_it_reconstructs(trained_run, data_dir, tmp_path):
+    result = run_module(
+        "aelab.generate",
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={tmp_path}",
+        "num_reconstructions=4",
+        "num_interpolations=12",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(tmp_path / "reconstructions.png").size == (4 * 30 + 2, 2 * 30 + 2)
+    assert Image.open(tmp_path / "interpolations.png").size == (10 * 30 + 2, 12 * 30 + 2)
+
+
 def test_eval_needs_the_run_folder(tmp_path):
     stray = tmp_path / "model.ckpt"
     stray.write_bytes(b"")

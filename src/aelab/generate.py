@@ -44,11 +44,10 @@ def generate(cfg: DictConfig) -> list[Path]:
             save(model.sample(cfg.num_samples), "samples.png", nrow=int(cfg.num_samples**0.5))
         else:
             log.info("Not a generative model: no samples.png (it has no prior to sample from)")
-        n = cfg.num_reconstructions
-        x = to_float(datamodule.test_set.images[: 2 * n])
+        n, pairs, steps = cfg.num_reconstructions, cfg.num_interpolations, cfg.interpolation_steps
+        x = to_float(datamodule.test_set.images[: max(n, 2 * pairs)])
         save(torch.cat([x[:n], model.reconstruct(x[:n])]), "reconstructions.png", nrow=n)
-        pairs, steps = cfg.num_interpolations, cfg.interpolation_steps
-        between = interpolate(model, x[:pairs], x[n : n + pairs], steps)
+        between = interpolate(model, x[:pairs], x[pairs : 2 * pairs], steps)
         save(between, "interpolations.png", nrow=steps)
     for path in written:
         log.info(f"Wrote {path}")
