@@ -2,10 +2,10 @@ import itertools
 import os
 
 import pytest
-from conftest import run_train
+from conftest import run_python, run_train
 from hydra.utils import instantiate
 
-from aelab.config import CONFIG_DIR
+from aelab.config import CONFIG_DIR, app_help
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 DATA = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
@@ -89,15 +89,37 @@ def test_wrong_option_lists_the_valid_ones():
     assert "Available options in 'model':" in result.stderr and "deep_ae" in result.stderr
 
 
-def test_cfg_job_does_not_import_torch(tmp_path):
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["--help"]])
+def test_cfg_and_help_do_not_import_torch(flags):
     code = (
-        "import sys; sys.argv = ['train.py', '--cfg', 'job']; "
+        f"import sys; sys.argv = ['train.py', *{flags!r}]; "
         "from aelab.train import main; main(); "
         "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
     )
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     assert "_target_: aelab.models.VAE" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [("train", ["--help", "model=ae", "experiment=simple_ae"]), ("eval", ["-h"])],
+)
+def test_help_is_hydras_own_text(module, args):
+    """`--help` is answered without Hydra's slow group listing, with the same text."""
+    hydras = (
+        f"import sys; from aelab.config import prepare_hydra; from aelab.{module} import "
+        f"_hydra_main; prepare_hydra(); sys.argv[1:] = {args!r}; _hydra_main()"
+    )
+    expected = run_python("-c", hydras)
+    ours = run_python("-m", f"aelab.{module}", *args)
+    assert ours.returncode == expected.returncode == 0, ours.stderr + expected.stderr
+    assert ours.stdout == expected.stdout == app_help(module, args) + "\n"
+    assert "== Configuration groups ==" in ours.stdout
+
+
+def test_help_with_an_unknown_option_is_one_error():
+    result = run_train("--help", "model=transformer")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: In 'train': Could not find 'model/transformer'")
+    assert "Traceback" not in result.stderr

@@ -13,7 +13,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from aelab.config import CONFIG_DIR, prepare_hydra
+from aelab.config import CONFIG_DIR, run_app
 from aelab.train import report_user_errors
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point (`aelab-eval`, `python -m aelab.eval`)."""
-    prepare_hydra()
-    _hydra_main()
+    run_app("eval", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from aelab.config import CONFIG_DIR, prepare_hydra
+from aelab.config import CONFIG_DIR, run_app
 from aelab.train import report_user_errors
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point (`aelab-generate`, `python -m aelab.generate`)."""
-    prepare_hydra()
-    _hydra_main()
+    run_app("generate", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from aelab.config import CONFIG_DIR, RESUMABLE, prepare_hydra
+from aelab.config import CONFIG_DIR, RESUMABLE, run_app
 from aelab.errors import AelabError, ConfigError, Interrupted
 from aelab.sweeps import run_sweep_job
 from aelab.validation import check_checkpoint, check_config
@@ -171,8 +171,7 @@ def _user_error(err: BaseException | None) -> AelabError | None:
 
 def main() -> None:
     """Console-script entry point (`aelab-train`, `python train.py`)."""
-    prepare_hydra()
-    _hydra_main()
+    run_app("train", _hydra_main)
 
 
 if __name__ == "__main__":
