@@ -11,7 +11,11 @@ For each model, on the same network, optimizer, batch size and data, one run mea
 Each variant runs `--warmup` (1) epochs that are not timed, then `--epochs` (2) timed ones, and the
 three variants take turns for `--rounds` (2) rounds, so that a slow spell of the machine does not
 fall on one variant only; the best timed epoch counts (the least disturbed by other work on the
-machine). Prints a table with the ratios and writes JSON.
+machine). Prints a table with the ratios and writes JSON; the JSON also keeps each variant's
+median epoch, which shows how noisy the machine was.
+
+It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
+which compose the config without importing torch or Lightning.
 
     python scripts/benchmark.py --data-dir ../shared/data
     python scripts/benchmark.py --models vae --device cuda --json bench-gpu.json
@@ -21,6 +25,9 @@ machine). Prints a table with the ratios and writes JSON.
 import argparse
 import json
 import platform
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from functools import partial
@@ -33,7 +40,7 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
-from aelab.config import CONFIG_DIR, prepare_hydra
+from aelab.config import CONFIG_DIR, PROJECT_ROOT, prepare_hydra
 from aelab.data import to_float
 from aelab.data.idx import read_idx
 from aelab.train import train
@@ -126,6 +133,18 @@ def _epochs(net: L.LightningModule, args: argparse.Namespace, batches, samples: 
     return throughputs[args.warmup :]
 
 
+def startup_seconds(args: list[str], runs: int) -> float:
+    """Best wall time of `python train.py ARGS`, interpreter start included."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "train.py", *args], cwd=PROJECT_ROOT, check=True, capture_output=True
+        )
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -137,6 +156,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--startup-runs", type=int, default=3)
     parser.add_argument("--json", default="benchmark.json")
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for every loop's model and (a)'s run"
@@ -160,6 +180,7 @@ def main() -> None:
         row = {"model": model, "device": args.device, "batch_size": args.batch_size}
         for name in loops:
             row[f"{name}_samples_per_s"] = max(throughputs[name])
+            row[f"{name}_median_samples_per_s"] = statistics.median(throughputs[name])
         row["lightning_vs_bare"] = row["lightning_samples_per_s"] / row["bare_samples_per_s"]
         row["lightning_vs_tutorial"] = (
             row["lightning_samples_per_s"] / row["tutorial_samples_per_s"]
@@ -178,7 +199,14 @@ def main() -> None:
             f"{r['lightning_vs_bare']:.2f}x",
             f"{r['lightning_vs_tutorial']:.2f}x",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    startup = {
+        " ".join(flags): startup_seconds(flags, args.startup_runs)
+        for flags in (["--help"], ["--cfg", "job"])
+    }
+    timings = ", ".join(f"train.py {flags}: {seconds:.2f} s" for flags, seconds in startup.items())
+    console.print(f"Start-up (best of {args.startup_runs}): {timings}")
     meta = {
         "torch": torch.__version__,
         "rounds": args.rounds,
@@ -187,7 +215,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpu": platform.processor(),
     }
-    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    report = {"meta": meta, "results": results, "startup_seconds": startup}
+    Path(args.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

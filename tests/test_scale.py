@@ -136,6 +136,7 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
         str(PROJECT_ROOT / "scripts" / "benchmark.py"),
         *("--data-dir", str(data_dir), "--models", "ae", "--batch-size", "64"),
         *("--warmup", "0", "--epochs", "1", "--rounds", "2", "--json", str(out)),
+        *("--startup-runs", "1"),
         f"data.val_size={VAL_SIZE}",
         "model.latent_dim=3",
     )
@@ -149,3 +150,6 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
     assert all(speed > 0 for speed in speeds)
     assert row["lightning_vs_bare"] == pytest.approx(speeds[0] / speeds[2])
     assert row["lightning_vs_tutorial"] == pytest.approx(speeds[0] / speeds[1])
+    assert row["bare_median_samples_per_s"] <= row["bare_samples_per_s"]
+    assert set(report["startup_seconds"]) == {"--help", "--cfg job"}
+    assert all(0 < seconds < 60 for seconds in report["startup_seconds"].values())
