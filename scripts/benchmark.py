@@ -9,12 +9,10 @@ For each model, on the same network, optimizer, batch size and data, one run mea
   (c) bare       a bare loop over an in-memory tensor shuffled with `randperm`: the compute limit.
 
 Each variant runs `--warmup` (1) epochs that are not timed, then `--epochs` (2) timed ones, and the
-three variants take turns for `--rounds` (4) rounds, so that a slow spell of the machine does not
+three variants take turns for `--rounds` (2) rounds, so that a slow spell of the machine does not
 fall on one variant only; the best timed epoch counts (the least disturbed by other work on the
-machine; on a noisy 2-core machine 2 rounds were too few: the VAE's a/c came out 0.79x in one
-such run and 0.91x-0.93x in the 3- and 4-round runs around it). Prints a table with the
-ratios and writes JSON; the JSON also keeps each variant's median epoch, which shows how noisy
-the machine was.
+machine). Prints a table with the ratios and writes JSON; the JSON also keeps each variant's
+median epoch, which shows how noisy the machine was.
 
 It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
 which compose the config without importing torch or Lightning.
@@ -157,7 +155,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--startup-runs", type=int, default=3)
     parser.add_argument("--json", default="benchmark.json")
     parser.add_argument(
