@@ -1,5 +1,7 @@
 """Evaluation from a checkpoint, latent and likelihood metrics, generated PNGs."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import run_python, run_train, small_run_overrides
@@ -113,14 +115,20 @@ def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_d
     assert "latent/test_codes" in projector
 
 
+def _generate(run: Path, data_dir: Path, out: Path, *overrides: str):
+    """`python -m aelab.generate` on the run's last checkpoint, writing into `out`."""
+    return run_module(
+        "aelab.generate",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={out}",
+        *overrides,
+    )
+
+
 @pytest.mark.slow
 def test_generate_writes_pngs(trained_run, data_dir, tmp_path):
-    result = run_module(
-        "aelab.generate",
-        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
-        f"paths.data_dir={data_dir}",
-        f"hydra.run.dir={tmp_path}",
-    )
+    result = _generate(trained_run, data_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = {
         name: Image.open(tmp_path / name).size
@@ -133,13 +141,8 @@ def test_generate_writes_pngs(trained_run, data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_generate_interpolates_more_pairs_than_it_reconstructs(trained_run, data_dir, tmp_path):
-    result = run_module(
-        "aelab.generate",
-        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
-        f"paths.data_dir={data_dir}",
-        f"hydra.run.dir={tmp_path}",
-        "num_reconstructions=4",
-        "num_interpolations=12",
+    result = _generate(
+        trained_run, data_dir, tmp_path, "num_reconstructions=4", "num_interpolations=12"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(tmp_path / "reconstructions.png").size == (4 * 30 + 2, 2 * 30 + 2)
