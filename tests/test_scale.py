@@ -9,11 +9,14 @@ import torch
 import torch.distributed as dist
 from conftest import PROJECT_ROOT, VAL_SIZE, run_python, run_train, small_run_overrides
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.profilers import SimpleProfiler
 
 from aelab.callbacks import ProgressBar
 from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
 from aelab.models import VAE, Autoencoder
+from aelab.profiler import NoProfiler
+from aelab.train import make_trainer
 
 
 def _write_shard(rank: int, world: int, folder) -> None:
@@ -127,6 +130,16 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, mon
     # one redraw a second: the first step, the epoch's last, and not every step in between
     assert shown[0] == 0 and shown[-1] == 29
     assert len(shown) < 30 // 2
+
+
+def test_trainer_profiles_for_free_unless_asked(compose_cfg, data_dir, tmp_path):
+    overrides = [*small_run_overrides(data_dir), "logger=none"]
+    trainer = make_trainer(compose_cfg(*overrides, output_dir=tmp_path), loggers=[])
+    assert isinstance(trainer.profiler, NoProfiler)
+    # one shared no-op context for every hook call, not a generator built per call
+    assert trainer.profiler.profile("on_train_batch_start") is trainer.profiler.profile("x")
+    asked = compose_cfg(*overrides, "trainer.profiler=simple", output_dir=tmp_path)
+    assert isinstance(make_trainer(asked, loggers=[]).profiler, SimpleProfiler)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,9 @@ from aelab.config import CONFIG_DIR, RESUMABLE, run_app
 from aelab.errors import AelabError, ConfigError, Interrupted
 from aelab.sweeps import run_sweep_job
 from aelab.validation import check_checkpoint, check_config
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,22 @@ def _resume_path(cfg: DictConfig) -> str | None:
     return str(max(found, key=lambda p: p.stat().st_mtime))
 
 
+def make_trainer(cfg: DictConfig, loggers: list) -> "L.Trainer":
+    """The Trainer of `cfg.trainer` with the config's callbacks and `loggers`; with
+    `trainer.profiler` null it gets `NoProfiler`, which spares Lightning's per-hook cost."""
+    from hydra.utils import instantiate
+
+    from aelab.profiler import NoProfiler
+
+    profiler = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}
+    return instantiate(
+        cfg.trainer,
+        callbacks=instantiate_all(cfg.get("callbacks")),
+        logger=loggers or False,
+        **profiler,
+    )
+
+
 def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     """Fit the model, test its best checkpoint; the final metrics (`val/loss`, `test/loss`, ...)."""
     check_config(cfg)
@@ -94,9 +114,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
         check_checkpoint(ckpt_path, model)
         log.info(f"Resuming from {ckpt_path}")
     loggers = instantiate_all(cfg.get("logger"))
-    trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False
-    )
+    trainer = make_trainer(cfg, loggers)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hparams = {key: resolved[key] for key in ("model", "data", "trainer", "seed")}
     for lg in loggers:
