@@ -42,6 +42,7 @@ def assert_one_line_error(result, *fragments: str) -> str:
         ("data.batch_size=-5", ["data.batch_size=-5", "an integer > 0"]),
         ("data.val_size=0", ["data.val_size=0"]),
         ("trainer.max_epochs=0", ["trainer.max_epochs=0"]),
+        ("trainer.profiler=fast", ["trainer.profiler='fast'", "simple, advanced"]),
         ("model.optimizer._target_=torch.optim.Adamm", ["'torch.optim.Adamm' cannot be imported"]),
         ("model.activation=swish", ["model.activation='swish' is not an activation", "relu"]),
         ("data.val_size=100000", ["data.val_size=100000 must be in [1, 1023]"]),

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 from aelab.errors import ConfigError
 
 POSITIVE = "a number > 0"
+PROFILERS = ("simple", "advanced", "pytorch", "xla")  # the names Lightning's Trainer knows
 
 
 def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:
@@ -58,6 +59,12 @@ def check_config(cfg: DictConfig) -> None:
         "trainer.max_epochs",
         lambda v: isinstance(v, int) and (v > 0 or v == -1),
         "an integer > 0, or -1 for no limit",
+    )
+    _require(
+        cfg,
+        "trainer.profiler",
+        lambda v: isinstance(v, DictConfig) or v in PROFILERS,
+        f"null (no profiling), one of {', '.join(PROFILERS)}, or a config with a _target_",
     )
     target = _select(cfg, "model.optimizer._target_")
     if target is not None:
