@@ -9,10 +9,11 @@ For each model, on the same network, optimizer, batch size and data, one run mea
   (c) bare       a bare loop over an in-memory tensor shuffled with `randperm`: the compute limit.
 
 Each variant runs `--warmup` (1) epochs that are not timed, then `--epochs` (2) timed ones, and the
-three variants take turns for `--rounds` (2) rounds, so that a slow spell of the machine does not
-fall on one variant only; the best timed epoch counts (the least disturbed by other work on the
-machine). Prints a table with the ratios and writes JSON; the JSON also keeps each variant's
-median epoch, which shows how noisy the machine was.
+three variants take turns for `--rounds` (3) rounds, so that a slow spell of the machine does not
+fall on one variant only; (a) and (c), whose ratio is the close one, run back to back in each
+round. The best timed epoch counts (the least disturbed by other work on the machine). Prints a
+table with the ratios and writes JSON; the JSON also keeps each variant's median epoch and the
+ratio a/c within each round, which show how noisy the machine was.
 
 It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
 which compose the config without importing torch or Lightning.
@@ -155,7 +156,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--startup-runs", type=int, default=3)
     parser.add_argument("--json", default="benchmark.json")
     parser.add_argument(
@@ -170,17 +171,16 @@ def main() -> None:
         net = instantiate(cfg.model, image_shape=[1, 28, 28], _convert_="all")
         loops = {
             "lightning": partial(lightning_loop, model, args),
-            "tutorial": partial(tutorial_loop, net, args),
             "bare": partial(bare_loop, net, args),
+            "tutorial": partial(tutorial_loop, net, args),
         }
-        throughputs = {name: [] for name in loops}
-        for _ in range(args.rounds):
-            for name, loop in loops.items():
-                throughputs[name] += loop()
+        rounds = [{name: loop() for name, loop in loops.items()} for _ in range(args.rounds)]
         row = {"model": model, "device": args.device, "batch_size": args.batch_size}
         for name in loops:
-            row[f"{name}_samples_per_s"] = max(throughputs[name])
-            row[f"{name}_median_samples_per_s"] = statistics.median(throughputs[name])
+            epochs = [speed for r in rounds for speed in r[name]]
+            row[f"{name}_samples_per_s"] = max(epochs)
+            row[f"{name}_median_samples_per_s"] = statistics.median(epochs)
+        row["lightning_vs_bare_per_round"] = [max(r["lightning"]) / max(r["bare"]) for r in rounds]
         row["lightning_vs_bare"] = row["lightning_samples_per_s"] / row["bare_samples_per_s"]
         row["lightning_vs_tutorial"] = (
             row["lightning_samples_per_s"] / row["tutorial_samples_per_s"]
@@ -201,6 +201,9 @@ def main() -> None:
         )
     console = Console()
     console.print(table)
+    for r in results:
+        by_round = " ".join(f"{ratio:.2f}x" for ratio in r["lightning_vs_bare_per_round"])
+        console.print(f"{r['model']}: a/c in each round {by_round}")
     startup = {
         " ".join(flags): startup_seconds(flags, args.startup_runs)
         for flags in (["--help"], ["--cfg", "job"])

@@ -164,5 +164,11 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
     assert row["lightning_vs_bare"] == pytest.approx(speeds[0] / speeds[2])
     assert row["lightning_vs_tutorial"] == pytest.approx(speeds[0] / speeds[1])
     assert row["bare_median_samples_per_s"] <= row["bare_samples_per_s"]
+    assert len(row["lightning_vs_bare_per_round"]) == 2
+    # best a / best c lies between the rounds' own ratios
+    per_round = row["lightning_vs_bare_per_round"]
+    assert min(per_round) <= row["lightning_vs_bare"] * (1 + 1e-9)
+    assert row["lightning_vs_bare"] <= max(per_round) * (1 + 1e-9)
+    assert "a/c in each round" in result.stdout
     assert set(report["startup_seconds"]) == {"--help", "--cfg job"}
     assert all(0 < seconds < 60 for seconds in report["startup_seconds"].values())
