@@ -1,6 +1,7 @@
 """Training throughput of this template against the tutorials' loop and the machine's limit.
 
-For each model, on the same network, optimizer, batch size and data, one run measures samples/s of
+For each model and device (the CPU, and the GPU when there is one), on the same network,
+optimizer, batch size and data, one run measures samples/s of
 
   (a) lightning  this template's training loop, exactly as `train.py` builds it (config,
                  callbacks, TensorBoard logger, progress bar), validation switched off;
@@ -19,7 +20,7 @@ It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--s
 which compose the config without importing torch or Lightning.
 
     python scripts/benchmark.py --data-dir ../shared/data
-    python scripts/benchmark.py --models vae --device cuda --json bench-gpu.json
+    python scripts/benchmark.py --models vae --devices cuda --json bench-gpu.json
     python scripts/benchmark.py --models vae model.latent_dim=2   # Hydra overrides last
 """
 
@@ -134,6 +135,27 @@ def _epochs(net: L.LightningModule, args: argparse.Namespace, batches, samples: 
     return throughputs[args.warmup :]
 
 
+def measure(model: str, args: argparse.Namespace) -> dict:
+    """One table row: the three loops taking turns for `args.rounds` rounds on `args.device`."""
+    cfg = _config(model, args, epochs=1, out=".")
+    net = instantiate(cfg.model, image_shape=[1, 28, 28], _convert_="all")
+    loops = {
+        "lightning": partial(lightning_loop, model, args),
+        "bare": partial(bare_loop, net, args),
+        "tutorial": partial(tutorial_loop, net, args),
+    }
+    rounds = [{name: loop() for name, loop in loops.items()} for _ in range(args.rounds)]
+    row = {"model": model, "device": args.device, "batch_size": args.batch_size}
+    for name in loops:
+        epochs = [speed for r in rounds for speed in r[name]]
+        row[f"{name}_samples_per_s"] = max(epochs)
+        row[f"{name}_median_samples_per_s"] = statistics.median(epochs)
+    row["lightning_vs_bare_per_round"] = [max(r["lightning"]) / max(r["bare"]) for r in rounds]
+    row["lightning_vs_bare"] = row["lightning_samples_per_s"] / row["bare_samples_per_s"]
+    row["lightning_vs_tutorial"] = row["lightning_samples_per_s"] / row["tutorial_samples_per_s"]
+    return row
+
+
 def startup_seconds(args: list[str], runs: int) -> float:
     """Best wall time of `python train.py ARGS`, interpreter start included."""
     times = []
@@ -152,7 +174,12 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="+", default=["vae", "ae", "deep_ae"])
     parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"],
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2)
@@ -163,36 +190,22 @@ def main() -> None:
         "overrides", nargs="*", help="Hydra overrides for every loop's model and (a)'s run"
     )
     args = parser.parse_args()
+    if "cuda" in args.devices and not torch.cuda.is_available():
+        parser.error("--devices cuda: torch sees no CUDA device on this machine")
     prepare_hydra()
 
-    results = []
-    for model in args.models:
-        cfg = _config(model, args, epochs=1, out=".")
-        net = instantiate(cfg.model, image_shape=[1, 28, 28], _convert_="all")
-        loops = {
-            "lightning": partial(lightning_loop, model, args),
-            "bare": partial(bare_loop, net, args),
-            "tutorial": partial(tutorial_loop, net, args),
-        }
-        rounds = [{name: loop() for name, loop in loops.items()} for _ in range(args.rounds)]
-        row = {"model": model, "device": args.device, "batch_size": args.batch_size}
-        for name in loops:
-            epochs = [speed for r in rounds for speed in r[name]]
-            row[f"{name}_samples_per_s"] = max(epochs)
-            row[f"{name}_median_samples_per_s"] = statistics.median(epochs)
-        row["lightning_vs_bare_per_round"] = [max(r["lightning"]) / max(r["bare"]) for r in rounds]
-        row["lightning_vs_bare"] = row["lightning_samples_per_s"] / row["bare_samples_per_s"]
-        row["lightning_vs_tutorial"] = (
-            row["lightning_samples_per_s"] / row["tutorial_samples_per_s"]
-        )
-        results.append(row)
-
-    table = Table(title=f"Training throughput, samples/s ({args.device}, batch {args.batch_size})")
-    for column in ("model", "(a) lightning", "(b) tutorial", "(c) bare", "a/c", "a/b"):
+    results = [
+        measure(model, argparse.Namespace(**vars(args), device=device))
+        for device in args.devices
+        for model in args.models
+    ]
+    table = Table(title=f"Training throughput, samples/s (batch {args.batch_size})")
+    for column in ("model", "device", "(a) lightning", "(b) tutorial", "(c) bare", "a/c", "a/b"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
             r["model"],
+            r["device"],
             f"{r['lightning_samples_per_s']:,.0f}",
             f"{r['tutorial_samples_per_s']:,.0f}",
             f"{r['bare_samples_per_s']:,.0f}",
@@ -203,7 +216,7 @@ def main() -> None:
     console.print(table)
     for r in results:
         by_round = " ".join(f"{ratio:.2f}x" for ratio in r["lightning_vs_bare_per_round"])
-        console.print(f"{r['model']}: a/c in each round {by_round}")
+        console.print(f"{r['model']} ({r['device']}): a/c in each round {by_round}")
     startup = {
         " ".join(flags): startup_seconds(flags, args.startup_runs)
         for flags in (["--help"], ["--cfg", "job"])

@@ -159,6 +159,7 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
     assert report["meta"]["rounds"] == 2
     assert report["meta"]["overrides"] == [f"data.val_size={VAL_SIZE}", "model.latent_dim=3"]
     (row,) = report["results"]
+    assert row["device"] == "cpu"
     speeds = [row[f"{name}_samples_per_s"] for name in ("lightning", "tutorial", "bare")]
     assert all(speed > 0 for speed in speeds)
     assert row["lightning_vs_bare"] == pytest.approx(speeds[0] / speeds[2])
@@ -172,3 +173,14 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
     assert "a/c in each round" in result.stdout
     assert set(report["startup_seconds"]) == {"--help", "--cfg job"}
     assert all(0 < seconds < 60 for seconds in report["startup_seconds"].values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is there")
+def test_benchmark_refuses_a_gpu_that_is_not_there(data_dir, tmp_path):
+    result = run_python(
+        str(PROJECT_ROOT / "scripts" / "benchmark.py"),
+        *("--data-dir", str(data_dir), "--devices", "cuda", "--json", str(tmp_path / "b.json")),
+    )
+    assert result.returncode == 2
+    assert "--devices cuda: torch sees no CUDA device" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "b.json").exists()
