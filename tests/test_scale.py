@@ -1,6 +1,7 @@
 """Distributed training on CPU processes, torch.compile, bf16 mixed precision, per-step costs."""
 
 import json
+import sys
 from functools import partial
 
 import lightning as L
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import PROJECT_ROOT, VAL_SIZE, run_python, run_train, small_run_overrides
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
 
@@ -16,7 +18,7 @@ from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
 from aelab.models import VAE, Autoencoder
 from aelab.profiler import NoProfiler
-from aelab.train import make_trainer
+from aelab.train import instantiate_all, make_trainer
 
 
 def _write_shard(rank: int, world: int, folder) -> None:
@@ -117,19 +119,84 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, mon
     model = VAE(
         (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
     )
-    _fit(
+    bar = ProgressBar(refresh_rate=1)
+    trainer = _fit(
         model,
         data_dir,
         batch_size=16,
         limit_train_batches=30,
         limit_val_batches=0,
+        log_every_n_steps=5,
         enable_progress_bar=True,
-        callbacks=[ProgressBar(refresh_rate=1)],
+        callbacks=[bar],
         default_root_dir=tmp_path,
     )
     # one redraw a second: the first step, the epoch's last, and not every step in between
     assert shown[0] == 0 and shown[-1] == 29
     assert len(shown) < 30 // 2
+    # the training metrics are not Lightning progress-bar metrics, and the bar shows them
+    assert not any(name.startswith("train/") for name in trainer.progress_bar_metrics)
+    metrics = bar.get_metrics(trainer, model)
+    assert {"train/loss", "train/recon", "train/kl"} <= metrics.keys()
+    assert metrics["train/loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))
+
+
+class _HostReads(L.Callback):
+    """Counts reads of tensor values by the host (`.item()`, `bool(t)`, ...) in each training
+    step, from `on_train_batch_start` to the next one: on a GPU each would stall for a sync."""
+
+    READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.per_step: list[int] = []
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+
+    def _counting(self, read):
+        def counted(tensor, *args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            # the optimizers' step counters live on the host even when training on a GPU
+            if self.per_step and not caller.startswith("torch.optim"):
+                self.per_step[-1] += 1
+            return read(tensor, *args, **kwargs)
+
+        return counted
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.per_step.append(0)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.per_step.append(0)  # what follows is not a training step
+
+
+def test_training_reads_values_back_only_on_logging_steps(
+    compose_cfg, data_dir, tmp_path, monkeypatch
+):
+    """The promise behind GPU throughput: no host sync per step, only every
+    `trainer.log_every_n_steps` steps (logging, the divergence check) and at an epoch's end."""
+    cfg = compose_cfg(
+        *small_run_overrides(data_dir),
+        "trainer.log_every_n_steps=4",
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=12",
+        "++trainer.limit_val_batches=0",
+        # the bar reads values when it redraws, by the clock (test_progress_bar_...)
+        "~callbacks.progress_bar",
+        "++trainer.enable_progress_bar=false",
+        output_dir=tmp_path,
+    )
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+    trainer = make_trainer(cfg, loggers=instantiate_all(cfg.logger))
+    probe = _HostReads(monkeypatch)
+    trainer.callbacks.insert(0, probe)  # first: its window closes before the epoch-end work
+    trainer.fit(model, datamodule=datamodule)
+
+    steps = probe.per_step[:12]
+    assert len(steps) == 12 and trainer.global_step == 12
+    logging_steps = {3, 7, 11}  # steps 4, 8 and 12, the last also the epoch's last
+    assert all(steps[i] == 0 for i in range(12) if i not in logging_steps), steps
+    assert all(steps[i] > 0 for i in logging_steps), steps
 
 
 def test_trainer_profiles_for_free_unless_asked(compose_cfg, data_dir, tmp_path):

@@ -9,6 +9,7 @@ from torch import nn
 from aelab.errors import ConfigError
 
 NOISES = (None, "gaussian", "masking")
+TRAIN = "train"  # the stage whose metrics are `train/...`
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -99,7 +100,7 @@ class AutoencoderModule(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, index: int
     ) -> torch.Tensor:
         x, _ = batch
-        if stage == "train":
+        if stage == TRAIN:
             terms = self.loss_terms(self.corrupt(x), x)
         else:
             # Evaluation noise (the VAE's z draws) is seeded by the batch index in a forked RNG:
@@ -109,7 +110,7 @@ class AutoencoderModule(L.LightningModule):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(index)
                 terms = self.loss_terms(x, x)
-        if stage != "train":
+        if stage != TRAIN:
             self.log_dict(
                 {f"{stage}/{name}": value for name, value in terms.items()},
                 on_epoch=True,
@@ -118,7 +119,9 @@ class AutoencoderModule(L.LightningModule):
                 prog_bar=True,
             )
         elif self._is_logging_step():
-            self.log_dict({f"train/{name}": value for name, value in terms.items()}, prog_bar=True)
+            # Not `prog_bar`: Lightning reads progress-bar values back after every step (a host
+            # sync per step on a GPU); `aelab.callbacks.ProgressBar` shows these when it redraws.
+            self.log_dict({f"{TRAIN}/{name}": value for name, value in terms.items()})
         return terms["loss"]
 
     def _is_logging_step(self) -> bool:
@@ -128,7 +131,7 @@ class AutoencoderModule(L.LightningModule):
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", batch_idx)
+        return self._step(batch, TRAIN, batch_idx)
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val", batch_idx)
