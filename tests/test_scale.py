@@ -142,13 +142,15 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, mon
 
 
 class _HostReads(L.Callback):
-    """Counts reads of tensor values by the host (`.item()`, `bool(t)`, ...) in each training
-    step, from `on_train_batch_start` to the next one: on a GPU each would stall for a sync."""
+    """Counts reads of tensor values by the host (`.item()`, `bool(t)`, ...) in each training and
+    validation step, from its `on_*_batch_start` to the next hook that starts or ends a step or
+    an epoch: on a GPU each read would stall for a sync."""
 
     READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.per_step: list[int] = []
+        self.steps: dict[str, list[int]] = {"train": [], "val": []}
+        self.counting: list[int] | None = None
         for name in self.READS:
             monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
 
@@ -156,17 +158,26 @@ class _HostReads(L.Callback):
         def counted(tensor, *args, **kwargs):
             caller = sys._getframe(1).f_globals.get("__name__", "")
             # the optimizers' step counters live on the host even when training on a GPU
-            if self.per_step and not caller.startswith("torch.optim"):
-                self.per_step[-1] += 1
+            if self.counting is not None and not caller.startswith("torch.optim"):
+                self.counting[-1] += 1
             return read(tensor, *args, **kwargs)
 
         return counted
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self.per_step.append(0)
+    def _start(self, stage: str) -> None:
+        self.counting = self.steps[stage]
+        self.counting.append(0)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.per_step.append(0)  # what follows is not a training step
+    def _stop(self, *args) -> None:
+        self.counting = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._start("train")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, *args) -> None:
+        self._start("val")
+
+    on_validation_start = on_validation_epoch_end = on_train_epoch_end = _stop
 
 
 def test_training_reads_values_back_only_on_logging_steps(
@@ -177,9 +188,10 @@ def test_training_reads_values_back_only_on_logging_steps(
     cfg = compose_cfg(
         *small_run_overrides(data_dir),
         "trainer.log_every_n_steps=4",
-        "trainer.max_epochs=1",
-        "++trainer.limit_train_batches=12",
-        "++trainer.limit_val_batches=0",
+        "trainer.max_epochs=2",
+        "++trainer.limit_train_batches=6",
+        "++trainer.limit_val_batches=3",
+        "++trainer.num_sanity_val_steps=0",
         # the bar reads values when it redraws, by the clock (test_progress_bar_...)
         "~callbacks.progress_bar",
         "++trainer.enable_progress_bar=false",
@@ -189,14 +201,17 @@ def test_training_reads_values_back_only_on_logging_steps(
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
     trainer = make_trainer(cfg, loggers=instantiate_all(cfg.logger))
     probe = _HostReads(monkeypatch)
-    trainer.callbacks.insert(0, probe)  # first: its window closes before the epoch-end work
+    trainer.callbacks.insert(0, probe)  # first: its windows close before the epoch-end work
     trainer.fit(model, datamodule=datamodule)
 
-    steps = probe.per_step[:12]
-    assert len(steps) == 12 and trainer.global_step == 12
-    logging_steps = {3, 7, 11}  # steps 4, 8 and 12, the last also the epoch's last
-    assert all(steps[i] == 0 for i in range(12) if i not in logging_steps), steps
-    assert all(steps[i] > 0 for i in logging_steps), steps
+    train, val = probe.steps["train"], probe.steps["val"]
+    assert len(train) == trainer.global_step == 12 and len(val) == 6
+    # steps 4 and 8 log; 6 and 12 end an epoch (the divergence check)
+    reading = {3, 5, 7, 11}
+    assert all(train[i] == 0 for i in range(12) if i not in reading), train
+    assert all(train[i] > 0 for i in reading), train
+    # a validation's last window also holds Lightning's epoch-end metrics (val/loss, ...)
+    assert [val[i] for i in (0, 1, 3, 4)] == [0] * 4, val
 
 
 def test_trainer_profiles_for_free_unless_asked(compose_cfg, data_dir, tmp_path):
