@@ -1,11 +1,18 @@
 """Multiruns: grids, Optuna, the joblib and submitit launchers, failing jobs, experiments."""
 
 import csv
+import gc
+import json
+import math
+import weakref
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from conftest import run_train, small_run_overrides
+from omegaconf import OmegaConf
 
+from aelab import sweeps
 from aelab.config import CONFIG_DIR
 
 pytestmark = pytest.mark.slow
@@ -118,3 +125,38 @@ def test_slurm_launcher_config(compose_cfg):
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.gpus_per_node, launcher.timeout_min, launcher.partition) == (1, 240, None)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_finished_job_leaves_nothing_for_the_next(tmp_path, monkeypatch, fails):
+    """Jobs of a multirun share a process: what a job built in reference cycles (a Trainer and
+    its module point at each other) is freed when the job ends, also when it failed."""
+    job = SimpleNamespace(
+        job=SimpleNamespace(num=0),
+        overrides=SimpleNamespace(task=["model=vae"]),
+        runtime=SimpleNamespace(output_dir=str(tmp_path)),
+    )
+    monkeypatch.setattr(sweeps.HydraConfig, "get", staticmethod(lambda: job))
+    built = []
+
+    class Held:  # stands for a Trainer and its LightningModule
+        pass
+
+    def fit_and_test(cfg):
+        trainer, module = Held(), Held()
+        trainer.module, module.trainer = module, trainer
+        built.append(weakref.ref(trainer))
+        if fails:
+            raise RuntimeError("diverged")
+        return {"val/loss": 1.0}
+
+    gc.disable()  # only the job's own collection may free the cycle
+    try:
+        value = sweeps.run_sweep_job(OmegaConf.create({}), fit_and_test, lambda cfg, m: 1.0)
+        assert built[0]() is None
+    finally:
+        gc.enable()
+    assert value == (math.inf if fails else 1.0)
+    assert json.loads((tmp_path / sweeps.RESULT_FILE).read_text())["status"] == (
+        "failed" if fails else "ok"
+    )

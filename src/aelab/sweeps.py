@@ -8,6 +8,7 @@ gets), instead of aborting the sweep. At the end `ResultsTable` gathers the reco
 """
 
 import csv
+import gc
 import json
 import logging
 import math
@@ -54,6 +55,9 @@ def run_sweep_job(
         record |= {"status": "failed", "metrics": {}, "error": _one_line(err)}
         log.error(f"job {record['job']} ({record['overrides']}) failed: {record['error']}")
         value = math.inf
+    # The job's Trainer, model and dataset (on the GPU too) sit in reference cycles that
+    # Python's cyclic collector may leave for several jobs; jobs share one process.
+    gc.collect()
     record["seconds"] = round(time.perf_counter() - start, 1)
     Path(hydra_cfg.runtime.output_dir, RESULT_FILE).write_text(json.dumps(record, indent=2))
     return value
