@@ -36,6 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.evaluation.pictures import log_latent_pictures
     from aelab.evaluation.runs import load_run
     from aelab.models import VAE
+    from aelab.profiler import NoProfiler
     from aelab.train import instantiate_all, quiet_lightning_console
 
     quiet_lightning_console()
@@ -43,7 +44,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_cfg, model, datamodule = load_run(cfg.ckpt_path, cfg.paths.data_dir)
     loggers = instantiate_all(cfg.get("logger"))
     trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=1, logger=loggers or False, enable_checkpointing=False
+        accelerator=cfg.accelerator,
+        devices=1,
+        logger=loggers or False,
+        enable_checkpointing=False,
+        profiler=NoProfiler(),
     )
     trainer.test(model, datamodule=datamodule)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
