@@ -10,11 +10,13 @@ optimizer, batch size and data, one run measures samples/s of
   (c) bare       a bare loop over an in-memory tensor shuffled with `randperm`: the compute limit.
 
 Each variant runs `--warmup` (1) epochs that are not timed, then `--epochs` (2) timed ones, and the
-three variants take turns for `--rounds` (3) rounds, so that a slow spell of the machine does not
-fall on one variant only; (a) and (c), whose ratio is the close one, run back to back in each
-round. The best timed epoch counts (the least disturbed by other work on the machine). Prints a
-table with the ratios and writes JSON; the JSON also keeps each variant's median epoch and the
-ratio a/c within each round, which show how noisy the machine was.
+three variants take turns for `--rounds` (4) rounds, so that a slow spell of the machine does not
+fall on one variant only. (a) and (c), whose ratio is the close one, run back to back and swap
+places every round, and one untimed epoch of (c) warms the process up before the first round:
+neither loop always runs first, or first in a cold process. The best timed epoch counts (the
+least disturbed by other work on the machine). Prints a table with the ratios and writes JSON;
+the JSON also keeps each variant's median epoch and the ratio a/c within each round, which show
+how noisy the machine was.
 
 It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
 which compose the config without importing torch or Lightning.
@@ -144,13 +146,17 @@ def measure(model: str, args: argparse.Namespace) -> dict:
         "bare": partial(bare_loop, net, args),
         "tutorial": partial(tutorial_loop, net, args),
     }
-    rounds = [{name: loop() for name, loop in loops.items()} for _ in range(args.rounds)]
+    # One untimed epoch, so that the loop that runs first does not find the process cold.
+    bare_loop(net, argparse.Namespace(**{**vars(args), "warmup": 1, "epochs": 0}))
+    orders = (("lightning", "bare", "tutorial"), ("bare", "lightning", "tutorial"))
+    rounds = [{name: loops[name]() for name in orders[i % 2]} for i in range(args.rounds)]
     row = {"model": model, "device": args.device, "batch_size": args.batch_size}
     for name in loops:
         epochs = [speed for r in rounds for speed in r[name]]
         row[f"{name}_samples_per_s"] = max(epochs)
         row[f"{name}_median_samples_per_s"] = statistics.median(epochs)
     row["lightning_vs_bare_per_round"] = [max(r["lightning"]) / max(r["bare"]) for r in rounds]
+    row["first_per_round"] = [next(iter(r)) for r in rounds]
     row["lightning_vs_bare"] = row["lightning_samples_per_s"] / row["bare_samples_per_s"]
     row["lightning_vs_tutorial"] = row["lightning_samples_per_s"] / row["tutorial_samples_per_s"]
     return row
@@ -183,7 +189,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--startup-runs", type=int, default=3)
     parser.add_argument("--json", default="benchmark.json")
     parser.add_argument(
