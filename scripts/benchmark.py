@@ -12,8 +12,8 @@ optimizer, batch size and data, one run measures samples/s of
 Each variant runs `--warmup` (1) epochs that are not timed, then `--epochs` (2) timed ones, and the
 three variants take turns for `--rounds` (4) rounds, so that a slow spell of the machine does not
 fall on one variant only. (a) and (c), whose ratio is the close one, run back to back and swap
-places every round, and one untimed epoch of (c) warms the process up before the first round:
-neither loop always runs first, or first in a cold process. The best timed epoch counts (the
+places every round, and `--warmup` untimed epochs of (c) warm the process up before the first
+round: neither loop always runs first, or first in a cold process. The best timed epoch counts (the
 least disturbed by other work on the machine). Prints a table with the ratios and writes JSON;
 the JSON also keeps each variant's median epoch and the ratio a/c within each round, which show
 how noisy the machine was.
@@ -146,8 +146,8 @@ def measure(model: str, args: argparse.Namespace) -> dict:
         "bare": partial(bare_loop, net, args),
         "tutorial": partial(tutorial_loop, net, args),
     }
-    # One untimed epoch, so that the loop that runs first does not find the process cold.
-    bare_loop(net, argparse.Namespace(**{**vars(args), "warmup": 1, "epochs": 0}))
+    # Untimed epochs first, so that the loop that runs first does not find the process cold.
+    bare_loop(net, argparse.Namespace(**{**vars(args), "epochs": 0}))
     orders = (("lightning", "bare", "tutorial"), ("bare", "lightning", "tutorial"))
     rounds = [{name: loops[name]() for name in orders[i % 2]} for i in range(args.rounds)]
     row = {"model": model, "device": args.device, "batch_size": args.batch_size}
