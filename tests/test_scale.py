@@ -1,7 +1,10 @@
 """Distributed training on CPU processes, torch.compile, bf16 mixed precision, per-step costs."""
 
 import json
+import os
+import socket
 import sys
+from datetime import timedelta
 from functools import partial
 
 import lightning as L
@@ -13,9 +16,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
 
-from aelab.callbacks import ProgressBar
+from aelab.callbacks import DivergenceGuard, ProgressBar
 from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
+from aelab.errors import TrainingDiverged
 from aelab.models import VAE, Autoencoder
 from aelab.profiler import NoProfiler
 from aelab.train import instantiate_all, make_trainer
@@ -64,6 +68,90 @@ def test_ddp_cpu_trains_two_processes_into_one_run_folder(data_dir, tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
     model = VAE.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert model.sample(2).shape == (2, 1, 28, 28)
+
+
+class _DivergesOnRankOne(VAE):
+    """A VAE whose loss turns NaN on rank 1 only, at step `nan_step`: a divergence that one rank
+    sees first (its shard of the data, say), as happens in real runs."""
+
+    nan_step: int | None = None
+
+    def loss_terms(self, x, target):
+        terms = super().loss_terms(x, target)
+        if self.training and self.global_rank == 1 and self.global_step == self.nan_step:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+
+class _LocalLosses(L.Callback):
+    """Each step's training loss as this rank computed it, before any reduction."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def _ddp_rank(rank: int, port: int, data_dir, folder) -> None:
+    """One of two CPU ranks, launched as torchrun would (environment variables), fitting
+    first a healthy run, then one that diverges on rank 1 at step 2."""
+    os.environ |= {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "NODE_RANK": "0",
+        "LOCAL_RANK": str(rank),
+        "RANK": str(rank),
+    }
+    report = {}
+    for nan_step in (None, 2):
+        model = _DivergesOnRankOne(
+            (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam)
+        )
+        model.nan_step = nan_step
+        local = _LocalLosses()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy=L.pytorch.strategies.DDPStrategy(timeout=timedelta(seconds=60)),
+            max_epochs=1,
+            limit_train_batches=4,
+            limit_val_batches=0,
+            log_every_n_steps=1,
+            callbacks=[local, DivergenceGuard()],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+        )
+        dm = ImageDataModule("mnist", str(data_dir), batch_size=32, val_size=128, system_dirs=[])
+        try:
+            trainer.fit(model, dm)
+            outcome = "finished"
+        except TrainingDiverged:
+            outcome = f"diverged at step {trainer.global_step}"
+        logged = float(trainer.callback_metrics.get("train/loss", float("nan")))
+        report[str(nan_step)] = {"outcome": outcome, "local": local.losses, "logged": logged}
+    (folder / f"rank{rank}.json").write_text(json.dumps(report))
+
+
+@pytest.mark.slow
+def test_ddp_reduces_training_metrics_and_stops_every_rank_on_divergence(data_dir, tmp_path):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_rank, args=(port, data_dir, tmp_path), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    healthy = [r["None"] for r in ranks]
+    assert [r["outcome"] for r in healthy] == ["finished", "finished"]
+    last = [r["local"][-1] for r in healthy]
+    assert last[0] != pytest.approx(last[1]), "each rank trains on its own shard"
+    assert healthy[0]["logged"] == healthy[1]["logged"] == pytest.approx(sum(last) / 2)
+    diverged = [r["2"] for r in ranks]
+    assert [r["outcome"] for r in diverged] == ["diverged at step 3"] * 2, "all ranks stop"
+    assert all(loss == loss for loss in diverged[0]["local"]), "rank 0's own loss stayed finite"
 
 
 def _fit(model: L.LightningModule, data_dir, batch_size: int = 64, **trainer_kwargs) -> L.Trainer:

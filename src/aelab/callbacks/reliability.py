@@ -33,6 +33,9 @@ class DivergenceGuard(L.Callback):
     The training loss is checked every `trainer.log_every_n_steps` steps (not every step, which
     would stall a GPU on a host sync), and the validation loss after each validation, before
     any checkpoint of the epoch is written: the last good checkpoint is never overwritten.
+    Under DDP the check reads the loss averaged over ranks, so that every rank stops at the
+    same step; a rank that stopped alone would leave the others waiting in their next
+    all-reduce.
     """
 
     def __init__(self, monitor: str = "val/loss") -> None:
@@ -50,7 +53,11 @@ class DivergenceGuard(L.Callback):
         if trainer.global_step % trainer.log_every_n_steps and not trainer.is_last_batch:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).all():
+        if loss is None:
+            return
+        # a copy: DDP's reduce all-reduces in place
+        loss = trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
+        if not torch.isfinite(loss).all():
             self._fail(trainer, "train/loss", float(loss))
 
     def on_validation_end(self, trainer, pl_module) -> None:

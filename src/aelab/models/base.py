@@ -121,7 +121,11 @@ class AutoencoderModule(L.LightningModule):
         elif self._is_logging_step():
             # Not `prog_bar`: Lightning reads progress-bar values back after every step (a host
             # sync per step on a GPU); `aelab.callbacks.ProgressBar` shows these when it redraws.
-            self.log_dict({f"{TRAIN}/{name}": value for name, value in terms.items()})
+            # `sync_dist`: under DDP the curve is the mean over ranks, at one all-reduce per
+            # logged metric every `log_every_n_steps` steps.
+            self.log_dict(
+                {f"{TRAIN}/{name}": value for name, value in terms.items()}, sync_dist=True
+            )
         return terms["loss"]
 
     def _is_logging_step(self) -> bool:
