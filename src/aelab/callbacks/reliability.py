@@ -34,8 +34,8 @@ class DivergenceGuard(L.Callback):
     would stall a GPU on a host sync), and the validation loss after each validation, before
     any checkpoint of the epoch is written: the last good checkpoint is never overwritten.
     Under DDP the check reads the loss averaged over ranks, so that every rank stops at the
-    same step; a rank that stopped alone would leave the others waiting in their next
-    all-reduce.
+    same step; a rank that stopped alone would leave the others to crash in their next
+    all-reduce (on a closed connection) instead of reporting the divergence.
     """
 
     def __init__(self, monitor: str = "val/loss") -> None:
