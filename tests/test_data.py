@@ -1,11 +1,15 @@
+from types import SimpleNamespace
+
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from conftest import N_TEST, N_TRAIN, VAL_SIZE, write_dataset, write_idx
 
-from aelab.data import ImageDataModule
+from aelab.data import ImageDataModule, to_float
 from aelab.data.batches import BatchIndices
 from aelab.errors import ConfigError, DataError
+from aelab.models import Autoencoder
 
 
 def datamodule(data_dir, dataset="mnist", **kwargs) -> ImageDataModule:
@@ -38,20 +42,68 @@ def test_split_keeps_test_set_apart(tmp_path):
     assert torch.equal(again.val_set.images, dm.val_set.images), "the split must be fixed"
 
 
-def test_batches_are_uint8_until_transferred(data_dir):
+def test_batches_are_views_of_chunks_and_the_same_as_gathered_one_by_one(data_dir):
+    dm = datamodule(data_dir, chunk_size=120)  # 2 batches of 50 per gather
+    dm.setup()
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == -(-(N_TRAIN - VAL_SIZE) // 50)
+    assert len(loader.sampler) == -(-len(batches) // 2)
+    one_by_one = BatchIndices(N_TRAIN - VAL_SIZE, 50, shuffle=True, seed=dm.split_seed)
+    assert len(one_by_one) == len(batches)
+    for (x, y), index in zip(batches, one_by_one, strict=True):
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
+        assert torch.equal(x, to_float(dm.train_set.images[index]))
+        assert torch.equal(y, dm.train_set.labels[index])
+    assert batches[0][0].data_ptr() + 50 * 28 * 28 * 4 == batches[1][0].data_ptr(), "one chunk"
+    x, y = dm.on_after_batch_transfer(batches[0], 0)
+    assert x is batches[0][0] and y is batches[0][1], "already floats: nothing to convert"
+
+
+def test_batches_cross_to_another_device_as_bytes(data_dir):
     dm = datamodule(data_dir)
     dm.setup()
-    batches = list(dm.train_dataloader())
-    assert len(batches) == len(dm.train_dataloader()) == -(-(N_TRAIN - VAL_SIZE) // 50)
-    images, labels = batches[0]
+    # Data on the host, model on a GPU (data.on_device=false): 4x fewer bytes to copy.
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (50, 1, 28, 28)
-    first = next(iter(dm.train_dataloader().sampler))
-    assert torch.equal(images, dm.train_set.images[first])
-    assert torch.equal(labels, dm.train_set.labels[first])
     x, y = dm.on_after_batch_transfer((images, labels), 0)
-    assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
-    assert torch.equal(y, labels)
-    assert sum(len(b[0]) for b in batches) == N_TRAIN - VAL_SIZE
+    assert x.dtype == torch.float32 and torch.equal(x, to_float(images))
+    assert x.min() >= 0 and x.max() <= 1 and torch.equal(y, labels)
+
+
+class FirstBatches(L.Callback):
+    """Keeps the images of every training epoch's first batch."""
+
+    def __init__(self) -> None:
+        self.images: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == 0:
+            self.images.append(batch[0].clone())
+
+
+def test_lightning_draws_a_new_permutation_every_epoch(data_dir):
+    dm = datamodule(data_dir)
+    first = FirstBatches()
+    model = Autoencoder((1, 28, 28), latent_dim=2, hidden_dims=[8], optimizer=torch.optim.SGD)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        callbacks=[first],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, dm)
+    sampler = BatchIndices(N_TRAIN - VAL_SIZE, 50, shuffle=True, seed=dm.split_seed)
+    for epoch, images in enumerate(first.images):
+        sampler.set_epoch(epoch)
+        assert torch.equal(images, to_float(dm.train_set.images[next(iter(sampler))]))
+    assert len(first.images) == 3 and not torch.equal(first.images[0], first.images[1])
 
 
 def test_shuffle_changes_per_epoch_and_is_reproducible():
@@ -66,14 +118,16 @@ def test_shuffle_changes_per_epoch_and_is_reproducible():
     assert torch.equal(torch.cat(list(again)), second)
 
 
-def test_ranks_get_disjoint_shards(monkeypatch):
+@pytest.mark.parametrize("batches_per_chunk", [1, 3])
+def test_ranks_get_disjoint_shards(monkeypatch, batches_per_chunk):
     shards = []
     for rank in range(2):
         monkeypatch.setattr(BatchIndices, "_rank_and_world", staticmethod(lambda r=rank: (r, 2)))
-        sampler = BatchIndices(101, 8, shuffle=True, seed=0)
+        sampler = BatchIndices(101, 8, shuffle=True, seed=0, batches_per_chunk=batches_per_chunk)
         sampler.set_epoch(4)
         shards.append(torch.cat(list(sampler)).tolist())
-        assert len(sampler) == len(list(sampler)) == 7
+        assert sampler.num_batches() == 7
+        assert len(sampler) == len(list(sampler)) == -(-7 // batches_per_chunk)
     assert len(shards[0]) == len(shards[1]) == 50
     assert set(shards[0]).isdisjoint(shards[1])
 

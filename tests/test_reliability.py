@@ -40,6 +40,7 @@ def assert_one_line_error(result, *fragments: str) -> str:
         ("model.hidden_dims=[400,-3]", ["model.hidden_dims=[400, -3]", "> 0"]),
         ("model.optimizer.lr=0", ["model.optimizer.lr=0", "a number > 0"]),
         ("data.batch_size=-5", ["data.batch_size=-5", "an integer > 0"]),
+        ("data.chunk_size=0", ["data.chunk_size=0", "an integer > 0"]),
         ("data.val_size=0", ["data.val_size=0"]),
         ("trainer.max_epochs=0", ["trainer.max_epochs=0"]),
         ("trainer.profiler=fast", ["trainer.profiler='fast'", "simple, advanced"]),

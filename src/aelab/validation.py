@@ -47,6 +47,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     _require(cfg, "model.optimizer.lr", lambda v: isinstance(v, Number) and v > 0, POSITIVE)
     _require(cfg, "data.batch_size", _positive_int, "an integer > 0")
+    _require(cfg, "data.chunk_size", _positive_int, "an integer > 0 (images per gather)")
     _require(
         cfg,
         "data.val_size",

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from aelab.config import writable_dir_error
-from aelab.data.batches import BatchIndices, TensorImages
+from aelab.data.batches import Batches, BatchIndices, TensorImages
 from aelab.data.idx import incomplete_reason, read_idx, read_idx_shape
 from aelab.errors import ConfigError, DataError
 
@@ -88,6 +88,7 @@ class ImageDataModule(L.LightningDataModule):
         dataset: str,
         data_dir: str,
         batch_size: int = 128,
+        chunk_size: int = 4096,
         val_size: float = 5000,
         num_workers: int = 0,
         split_seed: int = 12345,
@@ -106,6 +107,7 @@ class ImageDataModule(L.LightningDataModule):
         self.dataset = dataset
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size = batch_size
+        self.chunk_size = chunk_size
         self.val_size = val_size
         self.num_workers = num_workers
         self.split_seed = split_seed
@@ -237,14 +239,23 @@ class ImageDataModule(L.LightningDataModule):
             )
         return device
 
-    def _loader(self, data: TensorImages | None, shuffle: bool) -> DataLoader:
+    def _on_model_device(self, device: torch.device) -> bool:
+        """Whether `device` is where the model runs (or no trainer says otherwise)."""
+        return self.trainer is None or device == self.trainer.strategy.root_device
+
+    def _loader(self, data: TensorImages | None, shuffle: bool) -> Batches:
         if data is None:
             raise RuntimeError("setup() must run before the dataloaders are requested")
         device = data.images.device
         sampler = BatchIndices(
-            len(data), self.batch_size, shuffle=shuffle, seed=self.split_seed, device=device
+            len(data),
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.split_seed,
+            device=device,
+            batches_per_chunk=max(1, self.chunk_size // self.batch_size),
         )
-        return DataLoader(
+        loader = DataLoader(
             data,
             sampler=sampler,
             batch_size=None,
@@ -255,16 +266,22 @@ class ImageDataModule(L.LightningDataModule):
             # a resumed run's noise stays in step with an uninterrupted one.
             generator=torch.Generator().manual_seed(self.split_seed),
         )
+        # Images become floats where the model runs: here, a chunk at a time, when the data is
+        # there already; otherwise (data on the host, model on a GPU) each batch after its copy,
+        # which then moves 4x fewer bytes.
+        return Batches(loader, transform=to_float if self._on_model_device(device) else None)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> Batches:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> Batches:
         return self._loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> Batches:
         return self._loader(self.test_set, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        return to_float(images), labels
+        if images.dtype == torch.uint8:  # copied to the model's device as bytes
+            images = to_float(images)
+        return images, labels
