@@ -1,5 +1,6 @@
 """Evaluation from a checkpoint, latent and likelihood metrics, generated PNGs."""
 
+import io
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelab.evaluation.metrics import importance_weighted_nll, knn_accuracy, linear_probe_accuracy
+from aelab.evaluation.pictures import scatter_figure
 from aelab.models import VAE
 
 
@@ -215,3 +217,11 @@ def test_tensorboard_serves_the_run(trained_run):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3, 5])
+def test_scatter_figure_for_any_code_size(dims):
+    codes, labels = torch.randn(50, dims), torch.arange(50) % 10
+    figure = scatter_figure(codes, labels)
+    assert figure.axes[0].get_title().startswith(f"{dims}-d" if dims <= 3 else "codes, PCA")
+    figure.savefig(io.BytesIO(), format="png")  # renders, as TensorBoard's add_figure does

@@ -31,8 +31,8 @@ def traversal(model: AutoencoderModule, dims: int, steps: int, span: float = 3.0
 
 
 def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
-    """Codes coloured by label: 2-d and 3-d codes as they are (3-d in 3-d), others projected
-    on their first two principal components."""
+    """Codes coloured by label: 2-d and 3-d codes as they are (3-d in 3-d), 1-d codes against
+    their label, others projected on their first two principal components."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 5), dpi=100)
@@ -41,7 +41,9 @@ def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
         points = axes.scatter(*codes.T, c=labels, cmap="tab10", s=4)
         title = "3-d codes"
     else:
-        if codes.shape[1] == 2:
+        if codes.shape[1] == 1:
+            xy, title = torch.cat([codes, labels.view(-1, 1).to(codes)], 1), "1-d codes (y: label)"
+        elif codes.shape[1] == 2:
             xy, title = codes, "2-d codes"
         else:
             centred = codes - codes.mean(0)
