@@ -47,7 +47,7 @@ from rich.table import Table
 from aelab.config import CONFIG_DIR, PROJECT_ROOT, prepare_hydra
 from aelab.data import to_float
 from aelab.data.idx import read_idx
-from aelab.train import train
+from aelab.train import skip_nvml_probe_without_cuda, train
 
 
 class EpochTimer(L.Callback):
@@ -199,6 +199,7 @@ def main() -> None:
     if "cuda" in args.devices and not torch.cuda.is_available():
         parser.error("--devices cuda: torch sees no CUDA device on this machine")
     prepare_hydra()
+    skip_nvml_probe_without_cuda()  # as train.py does, for every loop from the first
 
     results = [
         measure(model, argparse.Namespace(**vars(args), device=device))

@@ -23,7 +23,7 @@ from aelab.data.batches import BatchIndices
 from aelab.errors import TrainingDiverged
 from aelab.models import VAE, Autoencoder
 from aelab.profiler import NoProfiler
-from aelab.train import instantiate_all, make_trainer
+from aelab.train import NVML_CHECK, instantiate_all, make_trainer, skip_nvml_probe_without_cuda
 
 
 def _write_shard(rank: int, world: int, folder) -> None:
@@ -311,6 +311,23 @@ def test_trainer_profiles_for_free_unless_asked(compose_cfg, data_dir, tmp_path)
     assert trainer.profiler.profile("on_train_batch_start") is trainer.profiler.profile("x")
     asked = compose_cfg(*overrides, "trainer.profiler=simple", output_dir=tmp_path)
     assert isinstance(make_trainer(asked, loggers=[]).profiler, SimpleProfiler)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the probe is kept where there is CUDA")
+def test_adam_steps_without_probing_for_nvml_where_there_is_no_cuda(monkeypatch):
+    monkeypatch.setenv(NVML_CHECK, "1")  # as `import lightning` leaves it
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    probes = []
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: probes.append(1) or -1)
+    param = torch.nn.Parameter(torch.zeros(3))
+    param.grad = torch.ones(3)
+    optimizer = torch.optim.Adam([param])
+    optimizer.step()
+    assert probes  # what every step cost before
+    skip_nvml_probe_without_cuda()  # probes once
+    probes.clear()
+    optimizer.step()
+    assert not probes and NVML_CHECK not in os.environ
 
 
 @pytest.mark.slow
