@@ -17,7 +17,7 @@ def test_groups_have_the_documented_options():
     for group, options in {
         "trainer": {"default", "cpu", "gpu"},
         "logger": {"tensorboard", "csv", "none"},
-        "debug": {"fast"},
+        "debug": {"fast", "overfit"},
     }.items():
         assert options <= {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}
 

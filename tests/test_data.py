@@ -1,3 +1,4 @@
+import warnings
 from types import SimpleNamespace
 
 import lightning as L
@@ -48,7 +49,7 @@ def test_batches_are_views_of_chunks_and_the_same_as_gathered_one_by_one(data_di
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == -(-(N_TRAIN - VAL_SIZE) // 50)
-    assert len(loader.sampler) == -(-len(batches) // 2)
+    assert len(loader.indices) == -(-len(batches) // 2)
     one_by_one = BatchIndices(N_TRAIN - VAL_SIZE, 50, shuffle=True, seed=dm.split_seed)
     assert len(one_by_one) == len(batches)
     for (x, y), index in zip(batches, one_by_one, strict=True):
@@ -64,7 +65,9 @@ def test_batches_cross_to_another_device_as_bytes(data_dir):
     dm = datamodule(data_dir)
     dm.setup()
     # Data on the host, model on a GPU (data.on_device=false): 4x fewer bytes to copy.
-    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), overfit_batches=0
+    )
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (50, 1, 28, 28)
     x, y = dm.on_after_batch_transfer((images, labels), 0)
@@ -176,3 +179,25 @@ def test_image_label_count_mismatch(tmp_path):
         DataError, match=f"holds {N_TRAIN} images but .* holds {N_TRAIN - 1} labels"
     ):
         datamodule(tmp_path).setup()
+
+
+def test_overfit_batches_sees_the_same_first_batches_every_epoch(data_dir):
+    dm = datamodule(data_dir)
+    first = FirstBatches()
+    model = Autoencoder((1, 28, 28), latent_dim=2, hidden_dims=[8], optimizer=torch.optim.SGD)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        overfit_batches=2,
+        callbacks=[first],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, dm)
+    assert not [w for w in caught if "shuffling" in str(w.message)]  # none to turn off
+    unshuffled = to_float(dm.train_set.images[:50])
+    assert len(first.images) == 2 and all(torch.equal(x, unshuffled) for x in first.images)

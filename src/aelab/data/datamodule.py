@@ -272,7 +272,10 @@ class ImageDataModule(L.LightningDataModule):
         return Batches(loader, transform=to_float if self._on_model_device(device) else None)
 
     def train_dataloader(self) -> Batches:
-        return self._loader(self.train_set, shuffle=True)
+        # `trainer.overfit_batches` (debug=overfit) wants the same first batches every epoch.
+        # Lightning can switch a plain DataLoader to sequential order, not this one: we do it.
+        overfitting = self.trainer is not None and self.trainer.overfit_batches > 0
+        return self._loader(self.train_set, shuffle=not overfitting)
 
     def val_dataloader(self) -> Batches:
         return self._loader(self.val_set, shuffle=False)
