@@ -36,6 +36,7 @@ def test_every_model_and_data_compose_and_instantiate(compose_cfg, tmp_path, mod
     assert "optimizer" not in net.hparams
     optimizer = net.configure_optimizers()
     assert optimizer.defaults["lr"] == cfg.model.optimizer.lr
+    assert optimizer.defaults["fused"] is True  # one operation per update, also on CPU
 
 
 def test_model_defaults_match_the_tutorials(compose_cfg):

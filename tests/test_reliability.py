@@ -45,6 +45,10 @@ def assert_one_line_error(result, *fragments: str) -> str:
         ("trainer.max_epochs=0", ["trainer.max_epochs=0"]),
         ("trainer.profiler=fast", ["trainer.profiler='fast'", "simple, advanced"]),
         ("model.optimizer._target_=torch.optim.Adamm", ["'torch.optim.Adamm' cannot be imported"]),
+        (
+            "model.optimizer._target_=torch.optim.RMSprop",
+            ["model.optimizer.fused is not an argument of torch.optim.RMSprop", "alpha"],
+        ),
         ("model.activation=swish", ["model.activation='swish' is not an activation", "relu"]),
         ("data.val_size=100000", ["data.val_size=100000 must be in [1, 1023]"]),
     ],

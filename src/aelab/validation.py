@@ -67,22 +67,33 @@ def check_config(cfg: DictConfig) -> None:
         lambda v: isinstance(v, DictConfig) or v in PROFILERS,
         f"null (no profiling), one of {', '.join(PROFILERS)}, or a config with a _target_",
     )
-    target = _select(cfg, "model.optimizer._target_")
-    if target is not None:
-        _check_importable(
-            "model.optimizer._target_",
-            target,
-            "e.g. torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD",
-        )
+    _check_optimizer(_select(cfg, "model.optimizer"))
 
 
-def _check_importable(key: str, target: str, examples: str) -> None:
+def _check_optimizer(optimizer: Any) -> None:
+    """The optimizer class exists and takes every key given for it (after a `_target_` swap,
+    e.g. to torch.optim.RMSprop, which has no `fused`)."""
+    import inspect
+
     from hydra.utils import get_object
 
+    if not isinstance(optimizer, DictConfig) or optimizer.get("_target_") is None:
+        return
+    target = optimizer._target_
     try:
-        get_object(target)
+        accepted = inspect.signature(get_object(target)).parameters
     except Exception:
-        raise ConfigError(f"{key}={target!r} cannot be imported; {examples}") from None
+        raise ConfigError(
+            f"model.optimizer._target_={target!r} cannot be imported; "
+            "e.g. torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD"
+        ) from None
+    for key in optimizer:
+        if not str(key).startswith("_") and key not in accepted:
+            arguments = ", ".join(name for name in accepted if name != "params")
+            raise ConfigError(
+                f"model.optimizer.{key} is not an argument of {target} ({arguments}); "
+                f"remove it with ~model.optimizer.{key}"
+            )
 
 
 def check_checkpoint(path: str | Path, model: "torch.nn.Module") -> None:
