@@ -52,8 +52,8 @@ def skip_nvml_probe_without_cuda() -> None:
 
     Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import, so that asking never initialises
     CUDA (which would break forked DDP workers). Without an NVIDIA driver torch then tries to
-    load NVML again on every such question, and Adam and AdamW ask on every step: 0.12 ms a
-    step here, paid by no tutorial. With no CUDA device there is nothing to initialise.
+    load NVML again on every such question, and Adam and AdamW ask on every step: 0.4 ms a
+    training step here, paid by no tutorial. With no CUDA device there is nothing to initialise.
     """
     import torch
 

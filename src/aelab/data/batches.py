@@ -98,10 +98,11 @@ class Batches:
 
     One gather and one conversion per chunk instead of per batch spared the VAE 1 to 3% of its
     step time on this repository's CPU machine. Lightning sees an iterable of batches with a
-    length. A shuffling one also has `sampler` and `batch_sampler` as a DataLoader without
-    automatic batching has them: Lightning calls the sampler's `set_epoch` at every epoch's
-    start, and takes a loader with a sampler that is not a SequentialSampler for a shuffling one
-    (it then warns under `trainer.overfit_batches` that it turns shuffling off, which it cannot).
+    length. A shuffling one also has `sampler` (and `batch_sampler = None`), as a DataLoader
+    without automatic batching has them: Lightning calls the sampler's `set_epoch` at every
+    epoch's start. An unshuffled one has none, because Lightning takes any sampler but a
+    SequentialSampler for shuffling (and under `trainer.overfit_batches` warns that it turns
+    shuffling off, which it cannot do here).
     """
 
     def __init__(
