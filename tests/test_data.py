@@ -86,27 +86,34 @@ class FirstBatches(L.Callback):
             self.images.append(batch[0].clone())
 
 
-def test_lightning_draws_a_new_permutation_every_epoch(data_dir):
-    dm = datamodule(data_dir)
+def first_batches_of_each_epoch(dm: ImageDataModule, **trainer_args) -> list[torch.Tensor]:
+    """Fit a tiny model with a bare Trainer; the images of every epoch's first batch."""
     first = FirstBatches()
     model = Autoencoder((1, 28, 28), latent_dim=2, hidden_dims=[8], optimizer=torch.optim.SGD)
     trainer = L.Trainer(
         accelerator="cpu",
-        max_epochs=3,
-        limit_train_batches=2,
-        limit_val_batches=0,
         callbacks=[first],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **trainer_args,
     )
     trainer.fit(model, dm)
+    return first.images
+
+
+def test_lightning_draws_a_new_permutation_every_epoch(data_dir):
+    dm = datamodule(data_dir)
+    images_per_epoch = first_batches_of_each_epoch(
+        dm, max_epochs=3, limit_train_batches=2, limit_val_batches=0
+    )
     sampler = BatchIndices(N_TRAIN - VAL_SIZE, 50, shuffle=True, seed=dm.split_seed)
-    for epoch, images in enumerate(first.images):
+    for epoch, images in enumerate(images_per_epoch):
         sampler.set_epoch(epoch)
         assert torch.equal(images, to_float(dm.train_set.images[next(iter(sampler))]))
-    assert len(first.images) == 3 and not torch.equal(first.images[0], first.images[1])
+    assert len(images_per_epoch) == 3
+    assert not torch.equal(images_per_epoch[0], images_per_epoch[1])
 
 
 def test_shuffle_changes_per_epoch_and_is_reproducible():
@@ -183,21 +190,10 @@ def test_image_label_count_mismatch(tmp_path):
 
 def test_overfit_batches_sees_the_same_first_batches_every_epoch(data_dir):
     dm = datamodule(data_dir)
-    first = FirstBatches()
-    model = Autoencoder((1, 28, 28), latent_dim=2, hidden_dims=[8], optimizer=torch.optim.SGD)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        overfit_batches=2,
-        callbacks=[first],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(model, dm)
+        images_per_epoch = first_batches_of_each_epoch(dm, max_epochs=2, overfit_batches=2)
     assert not [w for w in caught if "shuffling" in str(w.message)]  # none to turn off
     unshuffled = to_float(dm.train_set.images[:50])
-    assert len(first.images) == 2 and all(torch.equal(x, unshuffled) for x in first.images)
+    assert len(images_per_epoch) == 2
+    assert all(torch.equal(images, unshuffled) for images in images_per_epoch)
