@@ -313,6 +313,32 @@ def test_trainer_profiles_for_free_unless_asked(compose_cfg, data_dir, tmp_path)
     assert isinstance(make_trainer(asked, loggers=[]).profiler, SimpleProfiler)
 
 
+class _HookNames(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.seen = pl_module._current_fx_name
+
+
+def test_lightning_names_each_hook_without_module_attribute_checks(data_dir, monkeypatch):
+    """Lightning stores the running hook's name on the module around every hook call (and
+    `self.log` checks it); our modules store it directly, not through nn.Module.__setattr__."""
+    checked = []
+    module_setattr = torch.nn.Module.__setattr__
+
+    def counting_setattr(module, name, value):
+        checked.append(name)
+        module_setattr(module, name, value)
+
+    model = VAE((1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=torch.optim.Adam)
+    monkeypatch.setattr(torch.nn.Module, "__setattr__", counting_setattr)
+    names = _HookNames()
+    trainer = _fit(model, data_dir, callbacks=[names])
+    assert names.seen == "on_train_batch_start"
+    assert "val/loss" in trainer.callback_metrics  # `self.log` still knows where it is called
+    assert "_current_fx_name" not in checked
+    model.extra = torch.nn.Linear(2, 2)  # other attributes still go through nn.Module
+    assert checked[-1] == "extra" and "extra" in model._modules
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the probe is kept where there is CUDA")
 def test_adam_steps_without_probing_for_nvml_where_there_is_no_cuda(monkeypatch):
     monkeypatch.setenv(NVML_CHECK, "1")  # as `import lightning` leaves it

@@ -1,6 +1,7 @@
 """What every autoencoder shares: the train/val/test steps, metric names and the optimizer."""
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 from aelab.errors import ConfigError
 
 NOISES = (None, "gaussian", "masking")
+HOOK_NAME = "_current_fx_name"  # set by Lightning around every hook it calls
 TRAIN = "train"  # the stage whose metrics are `train/...`
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -42,6 +44,16 @@ class AutoencoderModule(L.LightningModule):
         self.noise = noise
         self.noise_level = noise_level
         self._rng_states_to_restore: dict | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets `_current_fx_name` before and after each hook it calls: about 40 times
+        # a training step. nn.Module's __setattr__ first asks whether the value is a Parameter,
+        # a Module or a buffer (metaclass checks in Python): 4.5 us against 0.4 here, 0.2 ms a
+        # step. The hook's name is a string, never one of those.
+        if name == HOOK_NAME:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def configure_model(self) -> None:
         """`model.compile=true`: torch.compile every submodule in place, which keeps the
