@@ -22,6 +22,7 @@ from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
 from aelab.errors import TrainingDiverged
 from aelab.models import VAE, Autoencoder
+from aelab.models.base import HOOK_NAME_ATTRIBUTE
 from aelab.profiler import NoProfiler
 from aelab.train import NVML_CHECK, instantiate_all, make_trainer, skip_nvml_probe_without_cuda
 
@@ -334,7 +335,7 @@ def test_lightning_names_each_hook_without_module_attribute_checks(data_dir, mon
     trainer = _fit(model, data_dir, callbacks=[names])
     assert names.seen == "on_train_batch_start"
     assert "val/loss" in trainer.callback_metrics  # `self.log` still knows where it is called
-    assert "_current_fx_name" not in checked
+    assert HOOK_NAME_ATTRIBUTE not in checked
     model.extra = torch.nn.Linear(2, 2)  # other attributes still go through nn.Module
     assert checked[-1] == "extra" and "extra" in model._modules
 
