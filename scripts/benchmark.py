@@ -9,6 +9,8 @@ optimizer, batch size and data, one run measures samples/s of
                  `DataLoader(shuffle=True)`, images moved to the device per batch;
   (c) bare       a bare loop over an in-memory tensor shuffled with `randperm`: the compute limit.
 
+Run it in a terminal to time (a) as a user runs it: Rich draws the progress bar only there.
+
 Each variant runs `--warmup` (1) epochs that are not timed, then `--epochs` (2) timed ones, and the
 three variants take turns for `--rounds` (4) rounds, so that a slow spell of the machine does not
 fall on one variant only. (a) and (c), whose ratio is the close one, run back to back and swap
