@@ -30,6 +30,7 @@ which compose the config without importing torch or Lightning.
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -164,6 +165,18 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     return row
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what `platform` knows). a/c depends on
+    it: Lightning's cost per step is Python on one core, and a faster CPU shrinks the compute
+    around it more than the Python."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
 def startup_seconds(args: list[str], runs: int) -> float:
     """Best wall time of `python train.py ARGS`, interpreter start included."""
     times = []
@@ -232,13 +245,19 @@ def main() -> None:
     }
     timings = ", ".join(f"train.py {flags}: {seconds:.2f} s" for flags, seconds in startup.items())
     console.print(f"Start-up (best of {args.startup_runs}): {timings}")
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    if "cuda" in args.devices:
+        machine += f"; {torch.cuda.get_device_name()}"
+    console.print(f"Machine: {machine}; torch {torch.__version__}", soft_wrap=True)
     meta = {
         "torch": torch.__version__,
         "rounds": args.rounds,
         "timed_epochs_per_round": args.epochs,
         "overrides": args.overrides,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if "cuda" in args.devices else None,
     }
     report = {"meta": meta, "results": results, "startup_seconds": startup}
     Path(args.json).write_text(json.dumps(report, indent=2))

@@ -372,6 +372,8 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
     assert "a/c" in result.stdout and "ae" in result.stdout
     report = json.loads(out.read_text())
     assert report["meta"]["rounds"] == 2
+    assert report["meta"]["cpu"] and report["meta"]["gpu"] is None
+    assert f"Machine: {report['meta']['cpu']}, " in result.stdout
     assert report["meta"]["overrides"] == [f"data.val_size={VAL_SIZE}", "model.latent_dim=3"]
     (row,) = report["results"]
     assert row["device"] == "cpu"
