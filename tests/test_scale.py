@@ -161,10 +161,14 @@ def _fit(model: L.LightningModule, data_dir, batch_size: int = 64, **trainer_kwa
     dm = ImageDataModule(
         "mnist", str(data_dir), batch_size=batch_size, val_size=128, system_dirs=[]
     )
-    defaults = {"limit_train_batches": 4, "limit_val_batches": 2, "enable_progress_bar": False}
+    defaults = {
+        "max_epochs": 1,
+        "limit_train_batches": 4,
+        "limit_val_batches": 2,
+        "enable_progress_bar": False,
+    }
     trainer = L.Trainer(
         accelerator="cpu",
-        max_epochs=1,
         logger=False,
         enable_checkpointing=False,
         use_distributed_sampler=False,
@@ -229,6 +233,43 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, mon
     metrics = bar.get_metrics(trainer, model)
     assert {"train/loss", "train/recon", "train/kl"} <= metrics.keys()
     assert metrics["train/loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bar_logs_a_line_per_epoch_where_it_cannot_draw(
+    terminal, data_dir, tmp_path, caplog
+):
+    model = VAE(
+        (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
+    )
+    bar = ProgressBar(console_kwargs={"force_terminal": terminal})
+    with caplog.at_level("INFO", logger="aelab.callbacks.progress"):
+        trainer = _fit(
+            model,
+            data_dir,
+            max_epochs=3,
+            limit_train_batches=3,
+            log_every_n_steps=1,
+            check_val_every_n_epoch=2,
+            enable_progress_bar=True,
+            callbacks=[bar],
+            default_root_dir=tmp_path,
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "aelab.callbacks.progress"]
+    if terminal:  # the bar shows it all
+        assert lines == []
+        return
+    assert [line.split(" steps in ")[0] for line in lines] == [
+        "Epoch 0/2: 3",
+        "Epoch 1/2: 3",
+        "Epoch 2/2: 3",
+    ]
+    # epochs 0 and 2 did not validate: no val/ values (not the sanity check's, not epoch 1's)
+    assert all("train/loss " in line for line in lines)
+    assert "val/" not in lines[0] and "val/" not in lines[2]
+    val_loss = float(trainer.callback_metrics["val/loss"])  # epoch 1's, the last validation
+    assert f"val/loss {val_loss:.5g}" in lines[1]
+    assert f"train/loss {float(trainer.callback_metrics['train/loss']):.5g}" in lines[2]
 
 
 class _HostReads(L.Callback):

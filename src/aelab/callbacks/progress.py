@@ -1,11 +1,14 @@
 """Lightning's Rich progress bar without its per-step cost."""
 
+import logging
 import time
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
-from aelab.models.base import TRAIN
+from aelab.models.base import TRAIN, VAL
+
+log = logging.getLogger(__name__)
 
 
 class ProgressBar(RichProgressBar):
@@ -22,11 +25,17 @@ class ProgressBar(RichProgressBar):
     Two redraws a second by default, not Lightning's 100 or tqdm's 10: Rich lays the bar out
     again at every redraw, in a thread that holds the GIL for about 5 ms in a terminal, and
     training waits for it. At 10 a second that cost a VAE 3 to 5% of its training speed here.
+
+    Where the output is not a terminal (a SLURM or nohup job's log file), Rich draws nothing until
+    the stage ends; there the bar logs one line per epoch instead (`Epoch 3/9: 430 steps in 2.9 s;
+    train/loss ..., val/loss ...`), which also lands in the run's `train.log`.
     """
 
     def __init__(self, refresh_rate: int = 2, **kwargs) -> None:
         super().__init__(refresh_rate=refresh_rate, **kwargs)
         self._last_shown = float("-inf")
+        self._epoch_start = 0.0
+        self._validated = False
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         shown = super().get_metrics(trainer, pl_module)
@@ -45,3 +54,34 @@ class ProgressBar(RichProgressBar):
         if last_step or now - self._last_shown >= 1 / self.refresh_rate:
             self._last_shown = now
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._epoch_start = time.monotonic()
+        self._validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._validated = self._validated or not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.is_enabled and not self._console.is_terminal:
+            log.info(self.epoch_summary(trainer))
+
+    def epoch_summary(self, trainer: L.Trainer) -> str:
+        """`Epoch 3/9: 430 steps in 2.9 s; train/loss 110.79, ..., val/loss 106.86, ...`:
+        the epoch's last logged training values and, if it validated, its validation means (not
+        an earlier epoch's)."""
+        seconds = time.monotonic() - self._epoch_start
+        stages = (f"{TRAIN}/", f"{VAL}/") if self._validated else (f"{TRAIN}/",)
+        metrics = ", ".join(
+            f"{name} {float(value):.5g}"
+            for name, value in sorted(trainer.callback_metrics.items())
+            if name.startswith(stages)
+        )
+        epoch = f"Epoch {trainer.current_epoch}"
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            epoch += f"/{trainer.max_epochs - 1}"  # numbered from 0, as on the bar
+        steps = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return f"{epoch}: {steps} steps in {seconds:.1f} s; {metrics}"

@@ -12,6 +12,7 @@ from aelab.errors import ConfigError
 NOISES = (None, "gaussian", "masking")
 HOOK_NAME_ATTRIBUTE = "_current_fx_name"  # set by Lightning around every hook it calls
 TRAIN = "train"  # the stage whose metrics are `train/...`
+VAL = "val"  # and `val/...`
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -150,7 +151,7 @@ class AutoencoderModule(L.LightningModule):
         return self._step(batch, TRAIN, batch_idx)
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val", batch_idx)
+        return self._step(batch, VAL, batch_idx)
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test", batch_idx)
