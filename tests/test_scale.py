@@ -201,6 +201,22 @@ def test_bf16_mixed_trains_on_cpu(data_dir):
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
 
 
+def _fit_tiny_vae_with_bar(bar: ProgressBar, data_dir, tmp_path, **trainer_kwargs):
+    """A 784-32-4 VAE fitted on the synthetic MNIST with `bar` as its progress bar."""
+    model = VAE(
+        (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
+    )
+    trainer = _fit(
+        model,
+        data_dir,
+        enable_progress_bar=True,
+        callbacks=[bar],
+        default_root_dir=tmp_path,
+        **trainer_kwargs,
+    )
+    return trainer, model
+
+
 def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, monkeypatch):
     shown = []
     redraw = RichProgressBar.on_train_batch_end
@@ -210,20 +226,15 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, mon
         redraw(self, trainer, pl_module, outputs, batch, batch_idx)
 
     monkeypatch.setattr(RichProgressBar, "on_train_batch_end", counting)
-    model = VAE(
-        (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
-    )
     bar = ProgressBar(refresh_rate=1)
-    trainer = _fit(
-        model,
+    trainer, model = _fit_tiny_vae_with_bar(
+        bar,
         data_dir,
+        tmp_path,
         batch_size=16,
         limit_train_batches=30,
         limit_val_batches=0,
         log_every_n_steps=5,
-        enable_progress_bar=True,
-        callbacks=[bar],
-        default_root_dir=tmp_path,
     )
     # one redraw a second: the first step, the epoch's last, and not every step in between
     assert shown[0] == 0 and shown[-1] == 29
@@ -239,21 +250,16 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, mon
 def test_progress_bar_logs_a_line_per_epoch_where_it_cannot_draw(
     terminal, data_dir, tmp_path, caplog
 ):
-    model = VAE(
-        (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
-    )
     bar = ProgressBar(console_kwargs={"force_terminal": terminal})
     with caplog.at_level("INFO", logger="aelab.callbacks.progress"):
-        trainer = _fit(
-            model,
+        trainer, _ = _fit_tiny_vae_with_bar(
+            bar,
             data_dir,
+            tmp_path,
             max_epochs=3,
             limit_train_batches=3,
             log_every_n_steps=1,
             check_val_every_n_epoch=2,
-            enable_progress_bar=True,
-            callbacks=[bar],
-            default_root_dir=tmp_path,
         )
     lines = [r.getMessage() for r in caplog.records if r.name == "aelab.callbacks.progress"]
     if terminal:  # the bar shows it all
