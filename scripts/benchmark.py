@@ -16,9 +16,10 @@ three variants take turns for `--rounds` (4) rounds, so that a slow spell of the
 fall on one variant only. (a) and (c), whose ratio is the close one, run back to back and swap
 places every round, and `--warmup` untimed epochs of (c) warm the process up before the first
 round: neither loop always runs first, or first in a cold process. The best timed epoch counts (the
-least disturbed by other work on the machine). Prints a table with the ratios and writes JSON;
-the JSON also keeps each variant's median epoch and the ratio a/c within each round, which show
-how noisy the machine was.
+least disturbed by other work on the machine). Prints a table with the ratios and the time (a)
+adds to each step of (c) (Lightning's cost per step, about fixed: a/c falls as a CPU gets
+faster), and writes JSON; the JSON also keeps each variant's median epoch and the ratio a/c
+within each round, which show how noisy the machine was.
 
 It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
 which compose the config without importing torch or Lightning.
@@ -162,6 +163,10 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     row["first_per_round"] = [next(iter(r)) for r in rounds]
     row["lightning_vs_bare"] = row["lightning_samples_per_s"] / row["bare_samples_per_s"]
     row["lightning_vs_tutorial"] = row["lightning_samples_per_s"] / row["tutorial_samples_per_s"]
+    # what (a) adds to a step of (c): Lightning's fixed cost, which a/c sets against the compute
+    row["lightning_extra_ms_per_step"] = (
+        1e3 * args.batch_size * (1 / row["lightning_samples_per_s"] - 1 / row["bare_samples_per_s"])
+    )
     return row
 
 
@@ -222,7 +227,8 @@ def main() -> None:
         for model in args.models
     ]
     table = Table(title=f"Training throughput, samples/s (batch {args.batch_size})")
-    for column in ("model", "device", "(a) lightning", "(b) tutorial", "(c) bare", "a/c", "a/b"):
+    columns = ("model", "device", "(a) lightning", "(b) tutorial", "(c) bare", "a/c", "a/b")
+    for column in (*columns, "(a)-(c) ms/step"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
@@ -233,6 +239,7 @@ def main() -> None:
             f"{r['bare_samples_per_s']:,.0f}",
             f"{r['lightning_vs_bare']:.2f}x",
             f"{r['lightning_vs_tutorial']:.2f}x",
+            f"{r['lightning_extra_ms_per_step']:.2f}",
         )
     console = Console()
     console.print(table)

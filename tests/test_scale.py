@@ -428,6 +428,8 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
     assert all(speed > 0 for speed in speeds)
     assert row["lightning_vs_bare"] == pytest.approx(speeds[0] / speeds[2])
     assert row["lightning_vs_tutorial"] == pytest.approx(speeds[0] / speeds[1])
+    step_ms = [1e3 * 64 / speed for speed in speeds]  # batch 64
+    assert row["lightning_extra_ms_per_step"] == pytest.approx(step_ms[0] - step_ms[2])
     assert row["bare_median_samples_per_s"] <= row["bare_samples_per_s"]
     assert len(row["lightning_vs_bare_per_round"]) == 2
     assert row["first_per_round"] == ["lightning", "bare"]  # (a) and (c) swap places
