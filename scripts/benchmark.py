@@ -16,7 +16,7 @@ three variants take turns for `--rounds` (4) rounds, so that a slow spell of the
 fall on one variant only. (a) and (c), whose ratio is the close one, run back to back and swap
 places every round, and `--warmup` untimed epochs of (c) warm the process up before the first
 round: neither loop always runs first, or first in a cold process. The best timed epoch counts (the
-least disturbed by other work on the machine). Prints a table with the ratios and the time (a)
+least disturbed by other work on the machine). Prints a table with the ratios, then the time (a)
 adds to each step of (c) (Lightning's cost per step, about fixed: a/c falls as a CPU gets
 faster), and writes JSON; the JSON also keeps each variant's median epoch and the ratio a/c
 within each round, which show how noisy the machine was.
@@ -227,8 +227,7 @@ def main() -> None:
         for model in args.models
     ]
     table = Table(title=f"Training throughput, samples/s (batch {args.batch_size})")
-    columns = ("model", "device", "(a) lightning", "(b) tutorial", "(c) bare", "a/c", "a/b")
-    for column in (*columns, "(a)-(c) ms/step"):
+    for column in ("model", "device", "(a) lightning", "(b) tutorial", "(c) bare", "a/c", "a/b"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
@@ -239,13 +238,15 @@ def main() -> None:
             f"{r['bare_samples_per_s']:,.0f}",
             f"{r['lightning_vs_bare']:.2f}x",
             f"{r['lightning_vs_tutorial']:.2f}x",
-            f"{r['lightning_extra_ms_per_step']:.2f}",
         )
     console = Console()
     console.print(table)
     for r in results:
         by_round = " ".join(f"{ratio:.2f}x" for ratio in r["lightning_vs_bare_per_round"])
-        console.print(f"{r['model']} ({r['device']}): a/c in each round {by_round}")
+        extra = f"(a) adds {r['lightning_extra_ms_per_step']:.2f} ms to each step of (c)"
+        console.print(
+            f"{r['model']} ({r['device']}): a/c in each round {by_round}; {extra}", soft_wrap=True
+        )
     startup = {
         " ".join(flags): startup_seconds(flags, args.startup_runs)
         for flags in (["--help"], ["--cfg", "job"])

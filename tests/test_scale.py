@@ -438,6 +438,7 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
     assert min(per_round) <= row["lightning_vs_bare"] * (1 + 1e-9)
     assert row["lightning_vs_bare"] <= max(per_round) * (1 + 1e-9)
     assert "a/c in each round" in result.stdout
+    assert f"(a) adds {row['lightning_extra_ms_per_step']:.2f} ms to each step" in result.stdout
     assert set(report["startup_seconds"]) == {"--help", "--cfg job"}
     assert all(0 < seconds < 60 for seconds in report["startup_seconds"].values())
 
