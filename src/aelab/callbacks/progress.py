@@ -24,7 +24,8 @@ class ProgressBar(RichProgressBar):
 
     Two redraws a second by default, not Lightning's 100 or tqdm's 10: Rich lays the bar out
     again at every redraw, in a thread that holds the GIL for about 5 ms in a terminal, and
-    training waits for it. At 10 a second that cost a VAE 3 to 5% of its training speed here.
+    training waits for it. At 10 a second that cost a VAE 3 to 5% of its training speed (on the
+    slower CPU this repository ran on until 2026-11-23).
 
     Where the output is not a terminal (a SLURM or nohup job's log file), Rich draws nothing until
     the stage ends; there the bar logs one line per epoch instead (`Epoch 3/9: 430 steps in 2.9 s;
