@@ -3,8 +3,10 @@
 import json
 import math
 import os
+import re
 import socket
 import sys
+from contextlib import nullcontext
 from datetime import timedelta
 from functools import partial
 
@@ -18,6 +20,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
 
 from aelab.callbacks import DivergenceGuard, ProgressBar
+from aelab.callbacks.hooks import BATCH_HOOKS
 from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
 from aelab.errors import TrainingDiverged
@@ -359,6 +362,46 @@ def test_trainer_profiles_for_free_unless_asked(compose_cfg, data_dir, tmp_path)
     assert trainer.profiler.profile("on_train_batch_start") is trainer.profiler.profile("x")
     asked = compose_cfg(*overrides, "trainer.profiler=simple", output_dir=tmp_path)
     assert isinstance(make_trainer(asked, loggers=[]).profiler, SimpleProfiler)
+
+
+def test_callbacks_are_called_at_batches_only_for_hooks_they_define(
+    compose_cfg, data_dir, tmp_path, monkeypatch
+):
+    """Lightning labels every callback hook it calls for the profiler: the labels of a short
+    fit show which per-batch hooks it still calls."""
+    labels = []
+    monkeypatch.setattr(
+        NoProfiler, "profile", lambda self, name: labels.append(name) or nullcontext()
+    )
+    cfg = compose_cfg(
+        *small_run_overrides(data_dir),
+        "logger=none",
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=3",
+        "++trainer.limit_val_batches=2",
+        "++trainer.num_sanity_val_steps=0",
+        output_dir=tmp_path,
+    )
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+    trainer = make_trainer(cfg, loggers=[])
+    trainer.fit(model, datamodule=datamodule)
+
+    by_name = {type(callback).__name__: type(callback) for callback in trainer.callbacks}
+    assert {"DivergenceGuard", "ImageGrids", "ModelCheckpoint", "ProgressBar"} <= set(by_name)
+    called = [re.fullmatch(r"\[Callback\](\w+).*\.(\w+)", label) for label in labels]
+    at_batches = [m.groups() for m in called if m and m[2] in BATCH_HOOKS]
+    defined = {
+        (name, hook)
+        for name, cls in by_name.items()
+        for hook in BATCH_HOOKS
+        if getattr(cls, hook) is not getattr(L.Callback, hook)
+    }
+    assert set(at_batches) <= defined, set(at_batches) - defined
+    assert at_batches.count(("DivergenceGuard", "on_train_batch_end")) == 3
+    assert at_batches.count(("ModelCheckpoint", "on_train_batch_end")) == 3
+    # the other four training-step hooks are defined by none of them, and no longer called
+    assert {hook for _, hook in at_batches} & set(BATCH_HOOKS[1:5]) == set()
 
 
 class _HookNames(L.Callback):

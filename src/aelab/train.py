@@ -97,18 +97,22 @@ def _resume_path(cfg: DictConfig) -> str | None:
 
 def make_trainer(cfg: DictConfig, loggers: list) -> "L.Trainer":
     """The Trainer of `cfg.trainer` with the config's callbacks and `loggers`; with
-    `trainer.profiler` null it gets `NoProfiler`, which spares Lightning's per-hook cost."""
+    `trainer.profiler` null it gets `NoProfiler`, which spares Lightning's per-hook cost, and
+    its callbacks (Lightning's own included) are not called at batches they do nothing at."""
     from hydra.utils import instantiate
 
+    from aelab.callbacks.hooks import skip_inherited_batch_hooks
     from aelab.profiler import NoProfiler
 
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}
-    return instantiate(
+    trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")),
         logger=loggers or False,
         **profiler,
     )
+    skip_inherited_batch_hooks(trainer.callbacks)
+    return trainer
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, float]:
