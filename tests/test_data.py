@@ -70,6 +70,11 @@ def test_batches_cross_to_another_device_as_bytes(data_dir):
     )
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (50, 1, 28, 28)
+    moved = dm.transfer_batch_to_device((images, labels), torch.device("meta"), 0)
+    assert [(t.device.type, t.dtype, t.shape) for t in moved] == [
+        ("meta", torch.uint8, images.shape),
+        ("meta", labels.dtype, labels.shape),
+    ]
     x, y = dm.on_after_batch_transfer((images, labels), 0)
     assert x.dtype == torch.float32 and torch.equal(x, to_float(images))
     assert x.min() >= 0 and x.max() <= 1 and torch.equal(y, labels)
