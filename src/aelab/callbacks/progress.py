@@ -23,9 +23,9 @@ class ProgressBar(RichProgressBar):
     one it showed, and always the epoch's last step, so what is drawn is the same.
 
     Two redraws a second by default, not Lightning's 100 or tqdm's 10: Rich lays the bar out
-    again at every redraw, in a thread that holds the GIL for about 5 ms in a terminal, and
-    training waits for it. At 10 a second that cost a VAE 3 to 5% of its training speed (on the
-    slower CPU this repository ran on until 2026-11-23).
+    again at every redraw, in a thread that holds the GIL for 2 to 3 ms in a terminal (about 5 ms
+    on the slower CPU this repository ran on until 2026-11-23), and training waits for it. At 10
+    a second that cost a VAE 3 to 5% of its training speed there.
 
     Where the output is not a terminal (a SLURM or nohup job's log file), Rich draws nothing until
     the stage ends; there the bar logs one line per epoch instead (`Epoch 3/9: 430 steps in 2.9 s;
