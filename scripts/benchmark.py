@@ -7,19 +7,23 @@ optimizer, batch size and data, one run measures samples/s of
                  callbacks, TensorBoard logger, progress bar), validation switched off;
   (b) tutorial   the tutorials' plain PyTorch loop: torchvision dataset with `ToTensor`,
                  `DataLoader(shuffle=True)`, images moved to the device per batch;
-  (c) bare       a bare loop over an in-memory tensor shuffled with `randperm`: the compute limit.
+  (c) bare       a bare loop over an in-memory tensor shuffled with `randperm`: the compute limit;
+  (d) alone      (a) without callbacks, logger, progress bar or checkpointing: the floor that
+                 Lightning's own cost per step sets (a against d: what the template's
+                 callbacks, logger and bar cost).
 
 Run it in a terminal to time (a) as a user runs it: Rich draws the progress bar only there.
 
 Each variant runs `--warmup` (1) epochs that are not timed, then `--epochs` (2) timed ones, and the
-three variants take turns for `--rounds` (4) rounds, so that a slow spell of the machine does not
-fall on one variant only. (a) and (c), whose ratio is the close one, run back to back and swap
-places every round, and `--warmup` untimed epochs of (c) warm the process up before the first
-round: neither loop always runs first, or first in a cold process. The best timed epoch counts (the
-least disturbed by other work on the machine). Prints a table with the ratios, then the time (a)
-adds to each step of (c) (Lightning's cost per step, about fixed: a/c falls as a CPU gets
-faster), and writes JSON; the JSON also keeps each variant's median epoch and the ratio a/c
-within each round, which show how noisy the machine was.
+variants take turns for `--rounds` (4) rounds, so that a slow spell of the machine does not
+fall on one variant only. (a), (c) and (d), whose ratios are the close ones, run one after
+another and take turns at running first, and `--warmup` untimed epochs of (c) warm the process
+up before the first round: none of them always runs first, or first in a cold process. The best
+timed epoch counts (the least disturbed by other work on the machine). Prints a table with the
+ratios, then, model by model, a/c in each round, the time (a) adds to each step of (c)
+(Lightning's cost per step, about fixed: a/c falls as a CPU gets faster) and (d)'s speed, and
+writes JSON; the JSON also keeps each variant's median epoch and the ratio a/c within each
+round, which show how noisy the machine was.
 
 It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
 which compose the config without importing torch or Lightning.
@@ -74,7 +78,17 @@ def _sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def _config(model: str, args: argparse.Namespace, epochs: int, out: str):
+# (d): what `train.py` builds without callbacks, logger, progress bar or checkpointing
+ALONE = [
+    "callbacks=none",
+    "logger=none",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_checkpointing=false",
+    "++trainer.enable_model_summary=false",
+]
+
+
+def _config(model: str, args: argparse.Namespace, epochs: int, out: str, alone: bool = False):
     overrides = [
         f"model={model}",
         "data=mnist",
@@ -87,17 +101,18 @@ def _config(model: str, args: argparse.Namespace, epochs: int, out: str):
         "test=false",
         "optimized_metric=null",
         "+callbacks.epoch_timer._target_=__main__.EpochTimer",
+        *(ALONE if alone else []),
         *args.overrides,
     ]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
 
 
-def lightning_loop(model: str, args: argparse.Namespace) -> list[float]:
-    """Samples/s of each timed epoch of (a); the same for the other loops."""
+def lightning_loop(model: str, args: argparse.Namespace, alone: bool = False) -> list[float]:
+    """Samples/s of each timed epoch of (a), or of (d) when `alone`; the same for the others."""
     EpochTimer.throughputs = []
     with tempfile.TemporaryDirectory() as out:
-        train(_config(model, args, args.warmup + args.epochs, out))
+        train(_config(model, args, args.warmup + args.epochs, out, alone))
     return EpochTimer.throughputs[args.warmup :]
 
 
@@ -148,12 +163,14 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     loops = {
         "lightning": partial(lightning_loop, model, args),
         "bare": partial(bare_loop, net, args),
+        "lightning_alone": partial(lightning_loop, model, args, alone=True),
         "tutorial": partial(tutorial_loop, net, args),
     }
     # Untimed epochs first, so that the loop that runs first does not find the process cold.
     bare_loop(net, argparse.Namespace(**{**vars(args), "epochs": 0}))
-    orders = (("lightning", "bare", "tutorial"), ("bare", "lightning", "tutorial"))
-    rounds = [{name: loops[name]() for name in orders[i % 2]} for i in range(args.rounds)]
+    close = ["lightning", "bare", "lightning_alone"]  # each runs first in turn
+    orders = [[*close[i:], *close[:i], "tutorial"] for i in range(len(close))]
+    rounds = [{name: loops[name]() for name in orders[i % len(orders)]} for i in range(args.rounds)]
     row = {"model": model, "device": args.device, "batch_size": args.batch_size}
     for name in loops:
         epochs = [speed for r in rounds for speed in r[name]]
@@ -163,10 +180,12 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     row["first_per_round"] = [next(iter(r)) for r in rounds]
     row["lightning_vs_bare"] = row["lightning_samples_per_s"] / row["bare_samples_per_s"]
     row["lightning_vs_tutorial"] = row["lightning_samples_per_s"] / row["tutorial_samples_per_s"]
-    # what (a) adds to a step of (c): Lightning's fixed cost, which a/c sets against the compute
-    row["lightning_extra_ms_per_step"] = (
-        1e3 * args.batch_size * (1 / row["lightning_samples_per_s"] - 1 / row["bare_samples_per_s"])
-    )
+    row["alone_vs_bare"] = row["lightning_alone_samples_per_s"] / row["bare_samples_per_s"]
+    # what (a) adds to a step of (c): Lightning's fixed cost, which a/c sets against the compute;
+    # and what (a) adds to a step of (d): the cost of the template's callbacks, logger and bar
+    ms_per_step = {name: 1e3 * args.batch_size / row[f"{name}_samples_per_s"] for name in loops}
+    row["lightning_extra_ms_per_step"] = ms_per_step["lightning"] - ms_per_step["bare"]
+    row["template_extra_ms_per_step"] = ms_per_step["lightning"] - ms_per_step["lightning_alone"]
     return row
 
 
@@ -244,8 +263,14 @@ def main() -> None:
     for r in results:
         by_round = " ".join(f"{ratio:.2f}x" for ratio in r["lightning_vs_bare_per_round"])
         extra = f"(a) adds {r['lightning_extra_ms_per_step']:.2f} ms to each step of (c)"
+        alone = (
+            f"(d) Lightning alone: {r['lightning_alone_samples_per_s']:,.0f} samples/s, "
+            f"{r['alone_vs_bare']:.2f}x (c); (a) adds "
+            f"{r['template_extra_ms_per_step']:.2f} ms to each step of (d)"
+        )
         console.print(
-            f"{r['model']} ({r['device']}): a/c in each round {by_round}; {extra}", soft_wrap=True
+            f"{r['model']} ({r['device']}): a/c in each round {by_round}; {extra}; {alone}",
+            soft_wrap=True,
         )
     startup = {
         " ".join(flags): startup_seconds(flags, args.startup_runs)

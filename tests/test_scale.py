@@ -1,5 +1,6 @@
 """Distributed training on CPU processes, torch.compile, bf16 mixed precision, per-step costs."""
 
+import importlib.util
 import json
 import math
 import os
@@ -9,6 +10,7 @@ import sys
 from contextlib import nullcontext
 from datetime import timedelta
 from functools import partial
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -448,7 +450,7 @@ def test_adam_steps_without_probing_for_nvml_where_there_is_no_cuda(monkeypatch)
 
 
 @pytest.mark.slow
-def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
+def test_benchmark_times_the_four_loops_and_writes_json(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     result = run_python(
         str(PROJECT_ROOT / "scripts" / "benchmark.py"),
@@ -467,12 +469,15 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
     assert report["meta"]["overrides"] == [f"data.val_size={VAL_SIZE}", "model.latent_dim=3"]
     (row,) = report["results"]
     assert row["device"] == "cpu"
-    speeds = [row[f"{name}_samples_per_s"] for name in ("lightning", "tutorial", "bare")]
+    names = ("lightning", "tutorial", "bare", "lightning_alone")
+    speeds = [row[f"{name}_samples_per_s"] for name in names]
     assert all(speed > 0 for speed in speeds)
     assert row["lightning_vs_bare"] == pytest.approx(speeds[0] / speeds[2])
     assert row["lightning_vs_tutorial"] == pytest.approx(speeds[0] / speeds[1])
+    assert row["alone_vs_bare"] == pytest.approx(speeds[3] / speeds[2])
     step_ms = [1e3 * 64 / speed for speed in speeds]  # batch 64
     assert row["lightning_extra_ms_per_step"] == pytest.approx(step_ms[0] - step_ms[2])
+    assert row["template_extra_ms_per_step"] == pytest.approx(step_ms[0] - step_ms[3])
     assert row["bare_median_samples_per_s"] <= row["bare_samples_per_s"]
     assert len(row["lightning_vs_bare_per_round"]) == 2
     assert row["first_per_round"] == ["lightning", "bare"]  # (a) and (c) swap places
@@ -482,8 +487,25 @@ def test_benchmark_times_the_three_loops_and_writes_json(data_dir, tmp_path):
     assert row["lightning_vs_bare"] <= max(per_round) * (1 + 1e-9)
     assert "a/c in each round" in result.stdout
     assert f"(a) adds {row['lightning_extra_ms_per_step']:.2f} ms to each step" in result.stdout
+    assert f"(d) Lightning alone: {speeds[3]:,.0f} samples/s" in result.stdout
     assert set(report["startup_seconds"]) == {"--help", "--cfg job"}
     assert all(0 < seconds < 60 for seconds in report["startup_seconds"].values())
+
+
+def test_benchmark_times_lightning_alone_without_callbacks_logger_or_bar(data_dir):
+    spec = importlib.util.spec_from_file_location(
+        "benchmark", PROJECT_ROOT / "scripts/benchmark.py"
+    )
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    args = SimpleNamespace(data_dir=data_dir, batch_size=64, device="cpu", overrides=[])
+    alone = benchmark._config("vae", args, epochs=1, out=".", alone=True)
+    full = benchmark._config("vae", args, epochs=1, out=".")
+    assert list(alone.callbacks) == ["epoch_timer"] and not alone.logger
+    assert not (alone.trainer.enable_checkpointing or alone.trainer.enable_progress_bar)
+    assert not alone.trainer.enable_model_summary
+    assert {"model_checkpoint", "progress_bar", "epoch_timer"} <= set(full.callbacks)
+    assert full.logger and alone.model == full.model and alone.data == full.data
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is there")
