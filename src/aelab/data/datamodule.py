@@ -286,12 +286,13 @@ class ImageDataModule(L.LightningDataModule):
     def transfer_batch_to_device(
         self, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, labels) to `device`, as Lightning's default does (asynchronously to a GPU)
-        without searching the batch for tensors: 0.03 ms a step here, where it is the CPU."""
+        """(images, labels) to `device`, asynchronously to a GPU, as Lightning's default does,
+        but without searching the batch for things to move: 0.05 to 0.07 ms a step on a CPU."""
         images, labels = batch
         non_blocking = device.type == "cuda"
-        return images.to(device, non_blocking=non_blocking), labels.to(
-            device, non_blocking=non_blocking
+        return (
+            images.to(device, non_blocking=non_blocking),
+            labels.to(device, non_blocking=non_blocking),
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
