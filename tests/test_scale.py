@@ -322,26 +322,36 @@ class _HostReads(L.Callback):
     on_validation_start = on_validation_epoch_end = on_train_epoch_end = _stop
 
 
+def _short_run(compose_cfg, data_dir, tmp_path, *overrides: str):
+    """The model, datamodule and Trainer that `train.py` builds, for a fit of a few batches."""
+    cfg = compose_cfg(
+        *small_run_overrides(data_dir),
+        "++trainer.num_sanity_val_steps=0",
+        *overrides,
+        output_dir=tmp_path,
+    )
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+    return model, datamodule, make_trainer(cfg, loggers=instantiate_all(cfg.logger))
+
+
 def test_training_reads_values_back_only_on_logging_steps(
     compose_cfg, data_dir, tmp_path, monkeypatch
 ):
     """The promise behind GPU throughput: no host sync per step, only every
     `trainer.log_every_n_steps` steps (logging, the divergence check) and at an epoch's end."""
-    cfg = compose_cfg(
-        *small_run_overrides(data_dir),
+    model, datamodule, trainer = _short_run(
+        compose_cfg,
+        data_dir,
+        tmp_path,
         "trainer.log_every_n_steps=4",
         "trainer.max_epochs=2",
         "++trainer.limit_train_batches=6",
         "++trainer.limit_val_batches=3",
-        "++trainer.num_sanity_val_steps=0",
         # the bar reads values when it redraws, by the clock (test_progress_bar_...)
         "~callbacks.progress_bar",
         "++trainer.enable_progress_bar=false",
-        output_dir=tmp_path,
     )
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
-    trainer = make_trainer(cfg, loggers=instantiate_all(cfg.logger))
     probe = _HostReads(monkeypatch)
     trainer.callbacks.insert(0, probe)  # first: its windows close before the epoch-end work
     trainer.fit(model, datamodule=datamodule)
@@ -375,18 +385,15 @@ def test_callbacks_are_called_at_batches_only_for_hooks_they_define(
     monkeypatch.setattr(
         NoProfiler, "profile", lambda self, name: labels.append(name) or nullcontext()
     )
-    cfg = compose_cfg(
-        *small_run_overrides(data_dir),
+    model, datamodule, trainer = _short_run(
+        compose_cfg,
+        data_dir,
+        tmp_path,
         "logger=none",
         "trainer.max_epochs=1",
         "++trainer.limit_train_batches=3",
         "++trainer.limit_val_batches=2",
-        "++trainer.num_sanity_val_steps=0",
-        output_dir=tmp_path,
     )
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
-    trainer = make_trainer(cfg, loggers=[])
     trainer.fit(model, datamodule=datamodule)
 
     by_name = {type(callback).__name__: type(callback) for callback in trainer.callbacks}
