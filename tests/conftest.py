@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from aelab.config import CONFIG_DIR, PROJECT_ROOT, prepare_hydra
+from aelab.config import CONFIG_DIR, prepare_hydra
+
+REPO = Path(__file__).resolve().parents[1]  # the clone: tests run train.py from here
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -101,7 +103,7 @@ def run_python(*args: str, env: dict | None = None, timeout: int = 600):
     }
     return subprocess.run(
         [sys.executable, *args],
-        cwd=PROJECT_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         env={**(env or os.environ), **proxies},

@@ -1,91 +1,99 @@
-"""Where the configs live, and what Hydra needs before it composes them."""
+"""Where the configs live, which folder a run writes to, and what Hydra needs before it composes.
+
+The configs ship inside the package (`aelab/configs/`), so an installed wheel finds them as an
+editable clone does; a user adds groups of their own with `--config-dir DIR` or
+`hydra.searchpath=[file://DIR]`, without touching the package.
+"""
 
 import os
-import re
-import string
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
+from functools import cache
+from importlib.resources import files
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = PROJECT_ROOT / "configs"
+CONFIG_DIR = Path(str(files("aelab") / "configs"))
+CONFIG_MODULE = "pkg://aelab.configs"  # what `@hydra.main(config_path=...)` is given
 RESUMABLE = ("last.ckpt", "interrupted.ckpt")
+RUN_STAMP_KEY = "aelab/run_stamp"
+RUN_CONFIG = "config.yaml"  # a run's resolved config, in its folder (evaluation reads it)
 
 
-def run_dir(ckpt_path: str | None, runs_dir: str, timestamp: str) -> str:
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The newer of `last.ckpt` (end of the last full epoch) and `interrupted.ckpt` (Ctrl-C,
+    SIGTERM) in a run's `checkpoints/` folder, or None."""
+    found = [folder / name for name in RESUMABLE if (folder / name).is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def run_dir(ckpt_path: str | None, runs_dir: str) -> str:
     """The run's folder: a resumed run goes on in the folder of its checkpoint (`ckpt_path=last`:
-    the newest run under `runs_dir` that has one), a new run gets `runs_dir/timestamp`."""
+    the newest run under `runs_dir` that has one), a new run gets `runs_dir/<timestamp>`."""
     if ckpt_path == "last":
-        found = [p for name in RESUMABLE for p in Path(runs_dir).glob(f"*/checkpoints/{name}")]
-        if found:
-            return str(max(found, key=lambda p: p.stat().st_mtime).parent.parent)
+        runs = [p for p in Path(runs_dir).glob("*/checkpoints") if newest_checkpoint(p)]
+        if runs:
+            newest = max(runs, key=lambda p: newest_checkpoint(p).stat().st_mtime)
+            return str(newest.parent.absolute())
     elif ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         return str(Path(ckpt_path).absolute().parent.parent)
-    return f"{runs_dir}/{timestamp}"
+    return str(Path(runs_dir, run_stamp()).absolute())
+
+
+def output_subdir(ckpt_path: str | None) -> str:
+    """Where Hydra writes the run's composed config: `.hydra/` for a new run; a resumed run
+    keeps the original and writes its own under `.hydra/resumed/<timestamp>/`."""
+    return f".hydra/resumed/{run_stamp()}" if ckpt_path else ".hydra"
+
+
+@cache
+def run_stamp() -> str:
+    """The timestamp that names a new run's folder, the same in every process of one run.
+
+    Lightning's own DDP launcher hands its folder to the processes it starts; processes started
+    by torchrun or srun each compose the config, perhaps in different seconds, so torchrun's take
+    rank 0's stamp from the rendezvous store torchrun runs, and srun's name it after the job.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and "MASTER_ADDR" in os.environ:
+        return _shared_stamp()
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _shared_stamp() -> str:
+    """Rank 0's timestamp, through torchrun's store (one key per restart of the job)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=timedelta(seconds=300),
+    )
+    key = f"{RUN_STAMP_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if os.environ.get("RANK", "0") == "0":
+        store.set(key, time.strftime("%Y-%m-%d_%H-%M-%S"))
+    return store.get(key).decode()
 
 
 def prepare_hydra() -> None:
-    """Expose the repository root to the configs (`paths.root_dir`) unless the user set one,
-    and register the resolvers they use."""
-    os.environ.setdefault("AELAB_ROOT", str(PROJECT_ROOT))
-    if not OmegaConf.has_resolver("aelab_run_dir"):
-        OmegaConf.register_new_resolver("aelab_run_dir", run_dir)
+    """Register the resolvers the configs use."""
+    for name, resolver in (("aelab_run_dir", run_dir), ("aelab_output_subdir", output_subdir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
-HELP_FLAGS = ("--help", "-h")
-
-
-def run_app(config_name: str, hydra_main: Callable[[], object]) -> None:
-    """What every entry point does: prepare Hydra, answer `--help` quickly, else call the
-    module's `@hydra.main` function (kept in each module: Hydra names the job after it)."""
+def run_app(hydra_main: Callable[[], object]) -> None:
+    """What every entry point does: register the resolvers, then run the module's `@hydra.main`
+    function (kept in each module: Hydra names the job after it)."""
     prepare_hydra()
-    help_text = app_help(config_name, sys.argv[1:])
-    if help_text is not None:
-        print(help_text)
-        return
     hydra_main()
-
-
-def app_help(config_name: str, args: Sequence[str]) -> str | None:
-    """Hydra's `--help` text for `args` (the help flag and plain overrides), or None when `args`
-    ask for something else and Hydra should answer.
-
-    Hydra's own help lists every config group, its own and its plugins' too, deep-copying its
-    config repository once per group (2 s here, longer than composing the config); ours all
-    live in `configs/`, so a directory listing gives the same `$APP_CONFIG_GROUPS`.
-    """
-    overrides = [a for a in args if a not in HELP_FLAGS]
-    if len(overrides) == len(args) or any(a.startswith("-") for a in overrides):
-        return None
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
-        try:
-            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-        except HydraException as err:  # an unknown option: what Hydra says when it runs
-            raise SystemExit(f"error: {err}") from None
-    template = cfg.hydra.help.template
-    if re.search(r"\$\{?(FLAGS_HELP|HYDRA_CONFIG_GROUPS)\b", template):
-        return None
-    job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    return string.Template(template).substitute(
-        APP_CONFIG_GROUPS=config_groups(), CONFIG=OmegaConf.to_yaml(job)
-    )
-
-
-def config_groups() -> str:
-    """`group: option, option` lines for the groups in `configs/` (not Hydra's own)."""
-    lines = []
-    for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir()):
-        group = folder.relative_to(CONFIG_DIR).as_posix()
-        options = sorted(p.stem for p in folder.glob("*.yaml"))
-        if options and group.split("/")[0] != "hydra":
-            lines.append(f"{group}: {', '.join(options)}\n")
-    return "".join(lines)
 
 
 def writable_dir_error(key: str, folder: str | Path) -> str | None:
@@ -93,7 +101,7 @@ def writable_dir_error(key: str, folder: str | Path) -> str | None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".aelab-write-test"
+        probe = folder / f".aelab-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:

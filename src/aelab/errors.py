@@ -19,3 +19,11 @@ class TrainingDiverged(AelabError):
 
 class Interrupted(AelabError):
     """SIGTERM (a preempted job) stopped training after a checkpoint was written."""
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The AelabError behind `err` (Hydra's instantiate wraps what the code raised), else the
+    innermost cause."""
+    while not isinstance(err, AelabError) and err.__cause__ is not None:
+        err = err.__cause__
+    return err

@@ -1,22 +1,20 @@
 """Evaluation entry point: `python -m aelab.eval ckpt_path=PATH` (or `aelab-eval ...`).
 
 Tests a checkpoint on the official test set with only the checkpoint and its run's saved
-config: the training metrics under the same names (`test/loss`, ...), plus the VAE's
-importance-weighted likelihood `test/nll_iw` and the k-NN and linear-probe accuracies of the
-latent codes (`test/knn_acc`, `test/linear_acc`) beside the same two on raw pixels. Printed as
-a table and logged to TensorBoard in the evaluation's own run folder, with the latent
-pictures (projector, scatter, interpolation, traversal).
+config (and the run's data folder, unless `data_dir=...` names another): the training metrics
+under the same names (`test/loss`, ...), plus the VAE's importance-weighted likelihood
+`test/nll_iw` and the k-NN and linear-probe accuracies of the latent codes (`test/knn_acc`,
+`test/linear_acc`) beside the same two on raw pixels. Everything runs on the device the
+Trainer chose (`accelerator=...`). Printed as a table and logged to TensorBoard in the
+evaluation's own run folder, with the latent pictures (projector, scatter, interpolation,
+traversal).
 """
-
-import logging
 
 import hydra
 from omegaconf import DictConfig
 
-from aelab.config import CONFIG_DIR, run_app
+from aelab.config import CONFIG_MODULE, run_app
 from aelab.train import report_user_errors
-
-log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -36,23 +34,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.evaluation.pictures import log_latent_pictures
     from aelab.evaluation.runs import load_run
     from aelab.models import VAE
-    from aelab.profiler import NoProfiler
+    from aelab.sweeps import number
     from aelab.train import instantiate_all, quiet_lightning_console
 
     quiet_lightning_console()
     L.seed_everything(cfg.seed)
-    run_cfg, model, datamodule = load_run(cfg.ckpt_path, cfg.paths.data_dir)
+    run = load_run(cfg.ckpt_path)
+    model, datamodule = run.model, run.datamodule(cfg.get("data_dir"))
     loggers = instantiate_all(cfg.get("logger"))
     trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=1,
-        logger=loggers or False,
-        enable_checkpointing=False,
-        profiler=NoProfiler(),
+        accelerator=cfg.accelerator, devices=1, logger=loggers or False, enable_checkpointing=False
     )
-    trainer.test(model, datamodule=datamodule)
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-
+    # The slow metrics first, on the Trainer's device: after `test`, Lightning's teardown moves
+    # the model back to the CPU.
+    model.to(trainer.strategy.root_device)
+    metrics: dict[str, float] = {}
     train, test = datamodule.train_set, datamodule.test_set
     train_y, test_y = train.labels.cpu(), test.labels.cpu()
     train_z, test_z = latent_codes(model, train.images), latent_codes(model, test.images)
@@ -62,25 +58,28 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics["test/knn_acc_pixels"] = knn_accuracy(train_px, train_y, test_px, test_y, cfg.knn_k)
     metrics["test/linear_acc_pixels"] = linear_probe_accuracy(train_px, train_y, test_px, test_y)
     if isinstance(model, VAE) and cfg.iw_samples > 0:
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
             metrics["test/nll_iw"] = importance_weighted_nll(model, test.images, cfg.iw_samples)
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            log_latent_pictures(lg.experiment, model, datamodule, step=0)
+    trainer.test(model, datamodule=datamodule)
+    metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
 
     for lg in loggers:
         lg.log_metrics(metrics, step=0)
-        if isinstance(lg, TensorBoardLogger):
-            log_latent_pictures(lg.experiment, model, datamodule, step=0)
         lg.finalize("success")
-    table = Table(title=f"{run_cfg.model._target_.rsplit('.', 1)[-1]} from {cfg.ckpt_path}")
+    table = Table(title=f"{run.config.model._target_.rsplit('.', 1)[-1]} from {cfg.ckpt_path}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in sorted(metrics):
-        table.add_row(name, f"{metrics[name]:.4f}")
+        table.add_row(name, number(metrics[name]))
     Console().print(table)
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     with report_user_errors():
         evaluate(cfg)
@@ -88,7 +87,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point (`aelab-eval`, `python -m aelab.eval`)."""
-    run_app("eval", _hydra_main)
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":

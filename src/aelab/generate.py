@@ -2,10 +2,13 @@
 
 Writes PNG grids into its run folder (`hydra.run.dir=...` moves it):
 
-- `samples.png`: images decoded from prior draws z ~ N(0, I) (VAEs only);
+- `samples.png`: images decoded from prior draws z ~ N(0, I) (VAEs only; needs no data);
 - `reconstructions.png`: test images (top row) above their reconstructions (bottom row);
 - `interpolations.png`: each row decodes evenly spaced points on the line between the codes
   of two test images (the first and last columns are those images' reconstructions).
+
+Test images come from the training run's data folder unless `data_dir=...` names another;
+with `num_reconstructions=0 num_interpolations=0` no data is read at all.
 """
 
 import logging
@@ -14,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from aelab.config import CONFIG_DIR, run_app
+from aelab.config import CONFIG_MODULE, run_app
 from aelab.train import report_user_errors
 
 log = logging.getLogger(__name__)
@@ -30,8 +33,8 @@ def generate(cfg: DictConfig) -> list[Path]:
     from aelab.evaluation.runs import load_run
 
     torch.manual_seed(cfg.seed)
-    _, model, datamodule = load_run(cfg.ckpt_path, cfg.paths.data_dir)
-    datamodule.setup("test")
+    run = load_run(cfg.ckpt_path)
+    model = run.model
     out = Path(cfg.paths.output_dir)
     written = []
 
@@ -45,16 +48,20 @@ def generate(cfg: DictConfig) -> list[Path]:
         else:
             log.info("Not a generative model: no samples.png (it has no prior to sample from)")
         n, pairs, steps = cfg.num_reconstructions, cfg.num_interpolations, cfg.interpolation_steps
-        x = to_float(datamodule.test_set.images[: max(n, 2 * pairs)])
-        save(torch.cat([x[:n], model.reconstruct(x[:n])]), "reconstructions.png", nrow=n)
-        between = interpolate(model, x[:pairs], x[pairs : 2 * pairs], steps)
-        save(between, "interpolations.png", nrow=steps)
+        if n > 0 or pairs > 0:
+            test_images = run.datamodule(cfg.get("data_dir")).test_set.images
+            x = to_float(test_images[: max(n, 2 * pairs)])
+            if n > 0:
+                save(torch.cat([x[:n], model.reconstruct(x[:n])]), "reconstructions.png", nrow=n)
+            if pairs > 0:
+                between = interpolate(model, x[:pairs], x[pairs : 2 * pairs], steps)
+                save(between, "interpolations.png", nrow=steps)
     for path in written:
         log.info(f"Wrote {path}")
     return written
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="generate")
 def _hydra_main(cfg: DictConfig) -> None:
     with report_user_errors():
         generate(cfg)
@@ -62,7 +69,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point (`aelab-generate`, `python -m aelab.generate`)."""
-    run_app("generate", _hydra_main)
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,20 @@ without loading torch; Lightning comes in when training starts.
 
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from aelab.config import CONFIG_DIR, RESUMABLE, run_app
-from aelab.errors import AelabError, ConfigError, Interrupted
+from aelab.config import CONFIG_MODULE, RUN_CONFIG, newest_checkpoint, run_app
+from aelab.errors import AelabError, ConfigError, Interrupted, root_cause
 from aelab.sweeps import run_sweep_job
-from aelab.validation import check_checkpoint, check_config
+from aelab.validation import check_checkpoint, check_config, check_same_run
 
 if TYPE_CHECKING:
     import lightning as L
@@ -44,30 +45,165 @@ def quiet_lightning_console() -> None:
     )
 
 
-NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+def local_rank() -> int:
+    """This process's rank on its node, as the launcher (torchrun, srun, Lightning) says."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
 
 
-def skip_nvml_probe_without_cuda() -> None:
-    """Ask torch whether there is CUDA the usual way when there is none.
+def global_rank() -> int:
+    """This process's rank among all of the run's processes (0 when it runs alone)."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
 
-    Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import, so that asking never initialises
-    CUDA (which would break forked DDP workers). Without an NVIDIA driver torch then tries to
-    load NVML again on every such question, and Adam and AdamW ask on every step: 0.4 ms a
-    training step here, paid by no tutorial. With no CUDA device there is nothing to initialise.
-    """
+
+def git_state() -> dict[str, Any]:
+    """The commit and dirty flag of the code that trains (the package's checkout, else the
+    working directory's); nulls outside a git checkout."""
+    for folder in (Path(__file__).parent, Path.cwd()):
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True
+            )
+            if commit.returncode != 0:
+                continue
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+            )
+            return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+        except OSError:
+            break
+    return {"commit": None, "dirty": None}
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path=last`: the newer of this run's last.ckpt and interrupted.ckpt; otherwise the
+    path as given."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "last":
+        return ckpt_path
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    newest = newest_checkpoint(folder)
+    if newest is None:
+        raise ConfigError(
+            f"ckpt_path=last: no run to resume, {folder} has no last.ckpt or interrupted.ckpt; "
+            "give the checkpoint's path or hydra.run.dir=<the run's folder>"
+        )
+    return str(newest)
+
+
+def make_trainer(cfg: DictConfig, loggers: list) -> "L.Trainer":
+    """The Trainer of `cfg.trainer` with the config's callbacks and `loggers` (and, with
+    `speedups`, the profiler that costs nothing)."""
+    from hydra.utils import instantiate
+
+    from aelab import speedups
+
+    extra = speedups.trainer_arguments(bool(cfg.trainer.get("profiler"))) if cfg.speedups else {}
+    return instantiate(
+        cfg.trainer,
+        callbacks=instantiate_all(cfg.get("callbacks")),
+        logger=loggers or False,
+        **extra,
+    )
+
+
+def fetch_data(datamodule: "L.LightningDataModule") -> None:
+    """Download the data once per node, before the image shape is read: local rank 0 fetches,
+    the node's other processes wait until the files are complete."""
+    if local_rank() == 0:
+        datamodule.prepare_data()
+    else:
+        datamodule.wait_for_files()
+
+
+def save_run_config(cfg: DictConfig) -> None:
+    """Print the composed config as a tree and keep it, resolved, as `<run>/config.yaml`
+    (a resumed run keeps the one it was started with)."""
+    from rich.console import Console
+    from rich.tree import Tree
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tree = Tree("config")
+    for group, value in resolved.items():
+        tree.add(f"[bold]{group}[/]").add(OmegaConf.to_yaml({group: value}).strip())
+    Console(stderr=True).print(tree)
+    path = Path(cfg.paths.output_dir) / RUN_CONFIG
+    if not path.exists():
+        OmegaConf.save(OmegaConf.create(resolved), path)
+
+
+def fit_and_test(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model and test its best checkpoint. Returns the final metrics: the best
+    checkpoint's validation metrics (`val/loss`, ..., with `best_epoch`), its test metrics and
+    the last logged training metrics."""
+    check_config(cfg)
+    import lightning as L
     import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    if os.environ.get(NVML_CHECK) == "1" and not torch.cuda.is_available():
-        del os.environ[NVML_CHECK]
+    from aelab import speedups
+
+    quiet_lightning_console()
+    seed = L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, seed=seed)
+    fetch_data(datamodule)
+    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+    ckpt_path = resume_path(cfg)
+    if ckpt_path:
+        check_checkpoint(ckpt_path, model)
+        check_same_run(cfg, ckpt_path)
+        log.info(f"Resuming from {ckpt_path}")
+    elif cfg.get("init_from"):
+        model.load_state_dict(check_checkpoint(cfg.init_from, model)["state_dict"])
+        log.info(f"Starting from the weights of {cfg.init_from}")
+    if global_rank() == 0:
+        save_run_config(cfg)
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer = make_trainer(cfg, loggers)
+    if cfg.speedups:
+        speedups.apply(trainer, model)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    hparams = {key: resolved[key] for key in ("model", "data", "trainer", "tags")}
+    hparams |= {"seed": seed, "git": git_state()}
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        raise Interrupted(
+            f"stopped by SIGTERM at step {trainer.global_step}, after saving "
+            f"{Path(cfg.paths.output_dir) / 'checkpoints'}; resume with ckpt_path=last"
+        ) from None
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["state_dict"])
+        metrics |= checkpoint.get("val_metrics", {}) | {"best_epoch": float(checkpoint["epoch"])}
+    else:
+        log.warning("No best checkpoint was saved: testing the weights at the end of training")
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log_final_metrics(loggers, hparams, metrics)
+    return metrics
 
 
-def _log_final_metrics(loggers: list, hparams: dict, metrics: dict) -> None:
+def log_final_metrics(loggers: list, hparams: dict, metrics: dict[str, float]) -> None:
     """Fill TensorBoard's HParams dashboard: this run's config beside its final metrics, under
     `hparams/...` so that the `val/loss` curves get no extra point."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     final = {
-        f"hparams/{name.replace('/', '_')}": float(value)
+        f"hparams/{name.replace('/', '_')}": value
         for name, value in metrics.items()
         if name.startswith(("val/", "test/"))
     }
@@ -79,91 +215,9 @@ def _log_final_metrics(loggers: list, hparams: dict, metrics: dict) -> None:
             lg.finalize("success")
 
 
-def _resume_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last`: the newer of this run's last.ckpt (end of the last full epoch) and
-    interrupted.ckpt (written on Ctrl-C or SIGTERM); otherwise the path as given."""
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path != "last":
-        return ckpt_path
-    folder = Path(cfg.paths.output_dir) / "checkpoints"
-    found = [folder / name for name in RESUMABLE if (folder / name).is_file()]
-    if not found:
-        raise ConfigError(
-            f"ckpt_path=last: no run to resume, {folder} has no {' or '.join(RESUMABLE)}; "
-            "give the checkpoint's path or hydra.run.dir=<the run's folder>"
-        )
-    return str(max(found, key=lambda p: p.stat().st_mtime))
-
-
-def make_trainer(cfg: DictConfig, loggers: list) -> "L.Trainer":
-    """The Trainer of `cfg.trainer` with the config's callbacks and `loggers`; with
-    `trainer.profiler` null it gets `NoProfiler`, which spares Lightning's per-hook cost, and
-    its callbacks (Lightning's own included) are not called at batches they do nothing at."""
-    from hydra.utils import instantiate
-
-    from aelab.callbacks.hooks import skip_inherited_batch_hooks
-    from aelab.profiler import NoProfiler
-
-    profiler = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}
-    trainer = instantiate(
-        cfg.trainer,
-        callbacks=instantiate_all(cfg.get("callbacks")),
-        logger=loggers or False,
-        **profiler,
-    )
-    skip_inherited_batch_hooks(trainer.callbacks)
-    return trainer
-
-
-def fit_and_test(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model, test its best checkpoint; the final metrics (`val/loss`, `test/loss`, ...)."""
-    check_config(cfg)
-    import lightning as L
-    from hydra.utils import instantiate
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    quiet_lightning_console()
-    skip_nvml_probe_without_cuda()
-
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
-    ckpt_path = _resume_path(cfg)
-    if ckpt_path:
-        check_checkpoint(ckpt_path, model)
-        log.info(f"Resuming from {ckpt_path}")
-    loggers = instantiate_all(cfg.get("logger"))
-    trainer = make_trainer(cfg, loggers)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    hparams = {key: resolved[key] for key in ("model", "data", "trainer", "seed")}
-    for lg in loggers:
-        lg.log_hyperparams(hparams)
-
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:
-        raise Interrupted(
-            f"stopped by SIGTERM at step {trainer.global_step}, after saving "
-            f"{Path(cfg.paths.output_dir) / 'checkpoints'}; resume with ckpt_path=last"
-        ) from None
-    metrics = dict(trainer.callback_metrics)
-
-    if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
-            log.warning("No best checkpoint was saved: testing the weights at the end of training")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update(trainer.callback_metrics)
-
-    _log_final_metrics(loggers, hparams, metrics)
-    return {name: float(value) for name, value in metrics.items()}
-
-
 def optimized(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
-    """The value of `cfg.optimized_metric` (None when it is null)."""
+    """The value of `cfg.optimized_metric` (None when it is null): for `val/...`, its value in
+    the tested, best checkpoint."""
     name = cfg.get("optimized_metric")
     if not name:
         return None
@@ -172,16 +226,24 @@ def optimized(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     return metrics[name]
 
 
+def absolute_paths(cfg: DictConfig) -> None:
+    """Make the data and log folders absolute, so that the saved run config points to them
+    from anywhere (aelab.eval run from another folder reads the same data)."""
+    for key in ("data_dir", "log_dir"):
+        cfg.paths[key] = str(Path(cfg.paths[key]).expanduser().absolute())
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit the model, test its best checkpoint, and return `cfg.optimized_metric` for sweepers."""
     return optimized(cfg, fit_and_test(cfg))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    absolute_paths(cfg)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg, fit_and_test, optimized)
     with report_user_errors():
@@ -195,23 +257,16 @@ def report_user_errors() -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        problem = _user_error(err)
-        if problem is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        problem = root_cause(err)
+        if not isinstance(problem, AelabError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
-def _user_error(err: BaseException | None) -> AelabError | None:
-    """The AelabError behind `err`, also when Hydra's instantiate wrapped it."""
-    while err is not None and not isinstance(err, AelabError):
-        err = err.__cause__
-    return err
-
-
 def main() -> None:
     """Console-script entry point (`aelab-train`, `python train.py`)."""
-    run_app("train", _hydra_main)
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":

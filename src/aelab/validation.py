@@ -1,11 +1,12 @@
 """Checks that turn impossible configs and foreign checkpoints into one clear line each,
 before any data is loaded or any step is taken."""
 
+import inspect
 from numbers import Number
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
     import torch
@@ -14,23 +15,19 @@ from aelab.errors import ConfigError
 
 POSITIVE = "a number > 0"
 PROFILERS = ("simple", "advanced", "pytorch", "xla")  # the names Lightning's Trainer knows
+# Set by the code that instantiates the node, not by the config.
+PROVIDED = {"model": {"image_shape"}, "model.net": {"image_shape", "latent_dim"}, "data": {"seed"}}
+# Keys of the data config that may differ when a run is resumed: where the files are and how
+# they are loaded, not which images are trained on.
+DATA_LOADING = {"data_dir", "num_workers", "pin_memory", "on_device", "system_dirs", "chunk_size"}
 
 
 def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:
-    value = _select(cfg, key)
+    value = OmegaConf.select(cfg, key)
     if value is None:
         return
     if isinstance(value, bool) or not ok(value):
         raise ConfigError(f"{key}={value!r} is not allowed; it must be {allowed}")
-
-
-def _select(cfg: DictConfig, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _positive_int(value) -> bool:
@@ -38,13 +35,9 @@ def _positive_int(value) -> bool:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Reject values that cannot work, naming the key and what is allowed."""
+    """Reject values that cannot work and keys that nothing reads, naming the key and what is
+    allowed."""
     _require(cfg, "model.latent_dim", _positive_int, "an integer > 0")
-    hidden = _select(cfg, "model.hidden_dims")
-    if hidden is not None and not all(_positive_int(h) for h in hidden):
-        raise ConfigError(
-            f"model.hidden_dims={list(hidden)} is not allowed; every size must be > 0"
-        )
     _require(cfg, "model.optimizer.lr", lambda v: isinstance(v, Number) and v > 0, POSITIVE)
     _require(cfg, "data.batch_size", _positive_int, "an integer > 0")
     _require(cfg, "data.chunk_size", _positive_int, "an integer > 0 (images per gather)")
@@ -67,37 +60,47 @@ def check_config(cfg: DictConfig) -> None:
         lambda v: isinstance(v, DictConfig) or v in PROFILERS,
         f"null (no profiling), one of {', '.join(PROFILERS)}, or a config with a _target_",
     )
-    _check_optimizer(_select(cfg, "model.optimizer"))
+    for key in ("model", "model.net", "model.optimizer", "model.scheduler", "data", "trainer"):
+        check_arguments(key, OmegaConf.select(cfg, key))
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            check_arguments(f"{group}.{name}", node)
 
 
-def _check_optimizer(optimizer: Any) -> None:
-    """The optimizer class exists and takes every key given for it (after a `_target_` swap,
-    e.g. to torch.optim.RMSprop, which has no `fused`)."""
-    import inspect
-
+def check_arguments(key: str, node: Any) -> None:
+    """The `_target_` of config `key` can be imported and takes every key given for it: a key
+    that nothing would read is an error (e.g. model.net.hidden_dims for a convolutional net, or
+    `fused` after a swap to torch.optim.RMSprop)."""
     from hydra.utils import get_object
 
-    if not isinstance(optimizer, DictConfig) or optimizer.get("_target_") is None:
+    if not isinstance(node, DictConfig) or node.get("_target_") is None:
         return
-    target = optimizer._target_
+    target = node._target_
     try:
-        accepted = inspect.signature(get_object(target)).parameters
+        signature = inspect.signature(get_object(target))
     except Exception:
-        raise ConfigError(
-            f"model.optimizer._target_={target!r} cannot be imported; "
-            "e.g. torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD"
-        ) from None
-    for key in optimizer:
-        if not str(key).startswith("_") and key not in accepted:
-            arguments = ", ".join(name for name in accepted if name != "params")
+        raise ConfigError(f"{key}._target_={target!r} cannot be imported") from None
+    parameters = signature.parameters
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return
+    provided = PROVIDED.get(key, set())
+    for name in node:
+        name = str(name)
+        if not name.startswith("_") and name not in parameters:
+            arguments = ", ".join(
+                n for n, p in parameters.items()
+                if n not in provided and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                and n not in ("params", "optimizer", "self")
+            )
             raise ConfigError(
-                f"model.optimizer.{key} is not an argument of {target} ({arguments}); "
-                f"remove it with ~model.optimizer.{key}"
+                f"{key}.{name} is not an argument of {target} (it takes {arguments}); "
+                f"remove it with ~{key}.{name}"
             )
 
 
-def check_checkpoint(path: str | Path, model: "torch.nn.Module") -> None:
-    """Load a checkpoint weights-only and make sure it holds this model, for these images."""
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint of this template, loaded weights-only (a file that would run code when
+    loaded, or is no checkpoint, is one clear line)."""
     import torch
 
     path = Path(path)
@@ -116,6 +119,19 @@ def check_checkpoint(path: str | Path, model: "torch.nn.Module") -> None:
         raise ConfigError(
             f"{path}: not a checkpoint of this template (no state_dict or hyper_parameters)"
         )
+    return checkpoint
+
+
+def check_checkpoint(
+    path: str | Path, model: "torch.nn.Module", checkpoint: dict | None = None
+) -> dict:
+    """Make sure the checkpoint at `path` (loaded here unless given) holds this model for these
+    images, and return it."""
+    import torch
+
+    path = Path(path)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path)
     saved_shape = tuple(checkpoint["hyper_parameters"].get("image_shape", ()))
     image_shape = tuple(model.hparams["image_shape"])
     if saved_shape != image_shape:
@@ -135,3 +151,37 @@ def check_checkpoint(path: str | Path, model: "torch.nn.Module") -> None:
     for name, tensor in checkpoint["state_dict"].items():
         if not torch.isfinite(tensor).all():
             raise ConfigError(f"{path}: parameter {name} holds NaN or infinite values")
+    return checkpoint
+
+
+def check_same_run(cfg: DictConfig, ckpt_path: str | Path) -> None:
+    """A resumed run goes on in the folder of its checkpoint: refuse a model or data config that
+    differs from the one that run was started with (its `config.yaml`)."""
+    from aelab.config import RUN_CONFIG
+
+    saved_file = Path(ckpt_path).absolute().parent.parent / RUN_CONFIG
+    if not saved_file.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_file))
+    current = OmegaConf.to_container(cfg, resolve=True)
+    for group in ("model", "data"):
+        old, new = _flat(saved.get(group, {}), group), _flat(current.get(group, {}), group)
+        for key in sorted(set(old) | set(new)):
+            if key.split(".")[1] in DATA_LOADING and group == "data":
+                continue
+            if old.get(key) != new.get(key):
+                raise ConfigError(
+                    f"ckpt_path={str(ckpt_path)!r}: that run was started with "
+                    f"{key}={old.get(key)!r}, not {new.get(key)!r}; resume with its own overrides "
+                    f"({saved_file.parent}/.hydra/overrides.yaml), or start a new run from its "
+                    "weights with init_from=PATH"
+                )
+
+
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat |= _flat(value, f"{prefix}.{key}")
+    return flat

@@ -7,7 +7,7 @@ from aelab.evaluation.pictures import log_latent_pictures
 
 
 class LatentPictures(L.Callback):
-    """When fitting ends, log `num_points` test codes to the embedding projector (labels and
+    """When training ends, log `num_points` test codes to the embedding projector (labels and
     image sprites), `latent/scatter` (codes coloured by label), `latent/interpolation` between
     test images and, for VAEs, `latent/traversal` of the first `traversal_dims` dimensions."""
 
@@ -16,7 +16,9 @@ class LatentPictures(L.Callback):
         self.traversal_dims = traversal_dims
         self.steps = steps
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not on_fit_end: Lightning calls that after its teardown has moved the model back to
+        # the CPU; here the model is still on the device it trained on.
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:

@@ -1,6 +1,7 @@
 """Lightning's Rich progress bar without its per-step cost."""
 
 import logging
+import sys
 import time
 
 import lightning as L
@@ -23,9 +24,8 @@ class ProgressBar(RichProgressBar):
     one it showed, and always the epoch's last step, so what is drawn is the same.
 
     Two redraws a second by default, not Lightning's 100 or tqdm's 10: Rich lays the bar out
-    again at every redraw, in a thread that holds the GIL for 2 to 3 ms in a terminal (about 5 ms
-    on the slower CPU this repository ran on until 2026-11-23), and training waits for it. At 10
-    a second that cost a VAE 3 to 5% of its training speed there.
+    again at every redraw, in a thread that holds the GIL, and training waits for it
+    (docs/benchmarks.md has what that cost a VAE at 10 a second).
 
     Where the output is not a terminal (a SLURM or nohup job's log file), Rich draws nothing until
     the stage ends; there the bar logs one line per epoch instead (`Epoch 3/9: 430 steps in 2.9 s;
@@ -37,6 +37,7 @@ class ProgressBar(RichProgressBar):
         self._last_shown = float("-inf")
         self._epoch_start = 0.0
         self._validated = False
+        self._steps = 0
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         shown = super().get_metrics(trainer, pl_module)
@@ -48,6 +49,7 @@ class ProgressBar(RichProgressBar):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
+        self._steps = batch_idx + 1
         if not self.is_enabled:
             return
         now = time.monotonic()
@@ -60,6 +62,7 @@ class ProgressBar(RichProgressBar):
         super().on_train_epoch_start(trainer, pl_module)
         self._epoch_start = time.monotonic()
         self._validated = False
+        self._steps = 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -67,7 +70,7 @@ class ProgressBar(RichProgressBar):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self.is_enabled and not self._console.is_terminal:
+        if self.is_enabled and not sys.stdout.isatty():
             log.info(self.epoch_summary(trainer))
 
     def epoch_summary(self, trainer: L.Trainer) -> str:
@@ -84,5 +87,4 @@ class ProgressBar(RichProgressBar):
         epoch = f"Epoch {trainer.current_epoch}"
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
             epoch += f"/{trainer.max_epochs - 1}"  # numbered from 0, as on the bar
-        steps = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        return f"{epoch}: {steps} steps in {seconds:.1f} s; {metrics}"
+        return f"{epoch}: {self._steps} steps in {seconds:.1f} s; {metrics}"

@@ -2,8 +2,8 @@
 
 The tutorials convert every image through PIL and `ToTensor` and collate 128 tensors per step;
 here the images of several batches (`data.chunk_size`, 4096: 32 batches of 128) are gathered
-and turned into floats by one operation each, and every batch is a view into them. Both can
-happen on the GPU.
+and turned into floats by one operation each, and every batch is a view into them (a few
+percent of a VAE step on a CPU: docs/benchmarks.md). Both can happen on the GPU.
 """
 
 from collections.abc import Callable, Iterator
@@ -26,8 +26,8 @@ class TensorImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # index_select, not images[index]: advanced indexing of a uint8 image tensor is 8x slower
-        # on a CPU (0.24 vs 0.03 ms for 128 MNIST images here), a few percent of a training step.
+        # index_select, not images[index]: advanced indexing of a uint8 image tensor is several
+        # times slower on a CPU (docs/benchmarks.md).
         return self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
@@ -35,10 +35,14 @@ class BatchIndices(Sampler[torch.Tensor]):
     """Yields the indices of `batches_per_chunk` consecutive batches at a time, from a fresh
     permutation per epoch when shuffling.
 
-    The permutation depends only on (seed, epoch), so every rank draws the same one and takes its
-    own contiguous shard, and a resumed run sees the same order. Under torch.distributed each rank
-    gets a disjoint shard of equal size (the permutation is cut, not padded, so no image is seen
-    twice in an epoch). The batches are the same whatever `batches_per_chunk` is.
+    The permutation depends only on (seed, epoch) and is drawn on the CPU, so every rank draws
+    the same one, whatever its device, and takes its own contiguous shard, and a resumed run sees
+    the same order. `epoch` is asked for at the start of each pass (the Trainer's current epoch).
+
+    Under torch.distributed each rank gets a disjoint shard. Training shards are cut to equal
+    sizes (the remainder is left out of that epoch, never seen twice), since every rank must take
+    the same number of steps; with `exact=True` (the test set) the shards cover every image once,
+    their sizes differing by one at most. The batches are the same whatever `batches_per_chunk`.
     """
 
     def __init__(
@@ -49,6 +53,8 @@ class BatchIndices(Sampler[torch.Tensor]):
         seed: int = 0,
         device: torch.device | str = "cpu",
         batches_per_chunk: int = 1,
+        epoch: Callable[[], int] = lambda: 0,
+        exact: bool = False,
     ) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -56,11 +62,8 @@ class BatchIndices(Sampler[torch.Tensor]):
         self.seed = seed
         self.device = torch.device(device)
         self.batches_per_chunk = batches_per_chunk
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
         self.epoch = epoch
+        self.exact = exact
 
     @staticmethod
     def _rank_and_world() -> tuple[int, int]:
@@ -72,17 +75,25 @@ class BatchIndices(Sampler[torch.Tensor]):
         """This rank's sample indices for the current epoch."""
         rank, world = self._rank_and_world()
         if self.shuffle:
-            generator = torch.Generator(device=self.device).manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_samples, generator=generator, device=self.device)
+            generator = torch.Generator().manual_seed(self.seed + self.epoch())
+            order = torch.randperm(self.num_samples, generator=generator)
         else:
-            order = torch.arange(self.num_samples, device=self.device)
-        per_rank = self.num_samples // world
-        return order[rank * per_rank : (rank + 1) * per_rank]
+            order = torch.arange(self.num_samples)
+        if self.exact:
+            shard = order.tensor_split(world)[rank]
+        else:
+            per_rank = self.num_samples // world
+            shard = order[rank * per_rank : (rank + 1) * per_rank]
+        return shard.to(self.device)
 
     def num_batches(self) -> int:
         """Batches per epoch on this rank (the last one may be smaller)."""
-        _, world = self._rank_and_world()
-        return -(-(self.num_samples // world) // self.batch_size)
+        rank, world = self._rank_and_world()
+        if self.exact:
+            size = self.num_samples // world + (rank < self.num_samples % world)
+        else:
+            size = self.num_samples // world
+        return -(-size // self.batch_size)
 
     def __len__(self) -> int:
         """Chunks per epoch on this rank."""
@@ -96,13 +107,8 @@ class Batches:
     """The mini-batches of a DataLoader over `BatchIndices`, whose items are chunks of several
     batches: each chunk is `transform`ed once and cut into views of `batch_size` images.
 
-    One gather and one conversion per chunk instead of per batch spared the VAE 1 to 3% of its
-    step time on this repository's CPU machine. Lightning sees an iterable of batches with a
-    length. A shuffling one also has `sampler` (and `batch_sampler = None`), as a DataLoader
-    without automatic batching has them: Lightning calls the sampler's `set_epoch` at every
-    epoch's start. An unshuffled one has none, because Lightning takes any sampler but a
-    SequentialSampler for shuffling (and under `trainer.overfit_batches` warns that it turns
-    shuffling off, which it cannot do here).
+    Lightning sees an iterable of batches with a length; the epoch it is in reaches the
+    permutation through `BatchIndices.epoch`.
     """
 
     def __init__(
@@ -110,9 +116,6 @@ class Batches:
     ) -> None:
         self.loader = loader
         self.indices: BatchIndices = loader.sampler
-        if self.indices.shuffle:
-            self.sampler = self.indices
-            self.batch_sampler = None
         self.transform = transform
 
     def __len__(self) -> int:

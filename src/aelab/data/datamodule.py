@@ -1,6 +1,7 @@
 """MNIST and Fashion-MNIST as in-memory uint8 tensors, with a fixed train/val split."""
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,9 @@ class ImageDataModule(L.LightningDataModule):
 
     `prepare_data` only makes sure the raw IDX files exist (downloading them with torchvision if
     needed); `setup` only reads and splits them. The official test set is never mixed into
-    training or validation.
+    training or validation. `split_seed` chooses the validation images (the same in every run);
+    `seed` (the run's top-level `seed`, set by training) the order of the training batches,
+    epoch by epoch.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class ImageDataModule(L.LightningDataModule):
         val_size: float = 5000,
         num_workers: int = 0,
         split_seed: int = 12345,
+        seed: int = 0,
         pin_memory: bool = False,
         on_device: bool = True,
         system_dirs: list[str] | None = None,
@@ -111,11 +115,11 @@ class ImageDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.num_workers = num_workers
         self.split_seed = split_seed
+        self.seed = seed
         self.pin_memory = pin_memory
         self.on_device = on_device
         dirs = self.info.system_dirs if system_dirs is None else system_dirs
         self.system_dirs = [Path(d) for d in dirs]
-        self.num_classes = 0
         self.train_set: TensorImages | None = None
         self.val_set: TensorImages | None = None
         self.test_set: TensorImages | None = None
@@ -187,6 +191,21 @@ class ImageDataModule(L.LightningDataModule):
             ) from None
         self.files()
 
+    def wait_for_files(self, timeout: float = 3600, poll: float = 1.0) -> None:
+        """Wait until another process of this node (local rank 0, in `prepare_data`) has put
+        the complete files in place; never download or repair them here."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._find()
+            if found is not None and not any(incomplete_reason(p) for p in found.values()):
+                return
+            if time.monotonic() > deadline:
+                raise DataError(
+                    f"{self.dataset}: waited {timeout:.0f} s for local rank 0 to fetch it into "
+                    f"{self.raw_dir}; it did not finish"
+                )
+            time.sleep(poll)
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width), read from the training images' header."""
@@ -198,6 +217,12 @@ class ImageDataModule(L.LightningDataModule):
         return (1, shape[1], shape[2])
 
     def setup(self, stage: str | None = None) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # With seed=null each process drew its own seed; the ranks' shards of one
+            # permutation must come from rank 0's.
+            shared = [self.seed]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            self.seed = shared[0]
         if self.train_set is not None:
             return
         arrays = read_checked(self.files())
@@ -219,7 +244,6 @@ class ImageDataModule(L.LightningDataModule):
         self.test_set = TensorImages(
             arrays["test_images"].unsqueeze(1), arrays["test_labels"].long()
         )
-        self.num_classes = int(labels.max()) + 1
         device = self._data_device()
         if device.type != "cpu":
             for data in (self.train_set, self.val_set, self.test_set):
@@ -243,7 +267,7 @@ class ImageDataModule(L.LightningDataModule):
         """Whether `device` is where the model runs (or no trainer says otherwise)."""
         return self.trainer is None or device == self.trainer.strategy.root_device
 
-    def _loader(self, data: TensorImages | None, shuffle: bool) -> Batches:
+    def _loader(self, data: TensorImages | None, shuffle: bool, exact: bool = False) -> Batches:
         if data is None:
             raise RuntimeError("setup() must run before the dataloaders are requested")
         device = data.images.device
@@ -251,9 +275,11 @@ class ImageDataModule(L.LightningDataModule):
             len(data),
             self.batch_size,
             shuffle=shuffle,
-            seed=self.split_seed,
+            seed=self.seed,
             device=device,
             batches_per_chunk=max(1, self.chunk_size // self.batch_size),
+            epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            exact=exact,
         )
         loader = DataLoader(
             data,
@@ -264,7 +290,7 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             # Its own generator: starting an epoch then draws nothing from the global RNG, so
             # a resumed run's noise stays in step with an uninterrupted one.
-            generator=torch.Generator().manual_seed(self.split_seed),
+            generator=torch.Generator().manual_seed(self.seed),
         )
         # Images become floats where the model runs: here, a chunk at a time, when the data is
         # there already; otherwise (data on the host, model on a GPU) each batch after its copy,
@@ -278,16 +304,20 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.train_set, shuffle=not overfitting)
 
     def val_dataloader(self) -> Batches:
+        # Equal shards under DDP: validation runs through the DDP wrapper, whose collectives
+        # need the same number of batches on every rank.
         return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> Batches:
-        return self._loader(self.test_set, shuffle=False)
+        # Every test image exactly once, however many ranks: the metrics are sums and counts
+        # reduced over ranks, so unequal shards still give the mean over the whole test set.
+        return self._loader(self.test_set, shuffle=False, exact=True)
 
     def transfer_batch_to_device(
         self, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) to `device`, asynchronously to a GPU, as Lightning's default does,
-        but without searching the batch for things to move: 0.05 to 0.07 ms a step on a CPU."""
+        but without searching the batch for things to move (docs/benchmarks.md)."""
         images, labels = batch
         non_blocking = device.type == "cuda"
         return (

@@ -87,13 +87,13 @@ def importance_weighted_nll(
     total = 0.0
     for batch in images.split(max(1, batch_elements // samples)):
         x = to_float(batch.to(model.device))
-        mu, logvar = model.encoder(x)
+        mu, logvar = model.posterior(x)
         q = Normal(mu, (0.5 * logvar).exp())
         chunk = max(1, batch_elements // len(x))
         log_weights = []
         for start in range(0, samples, chunk):
             z = q.sample((min(chunk, samples - start),))  # (S, B, D)
-            logits = model.decoder_logits(z.flatten(0, 1))
+            logits = model.net.decoder(z.flatten(0, 1))
             targets = x.expand(z.shape[0], *x.shape).flatten(0, 1)
             log_px_z = model.log_likelihood(logits, targets).view(z.shape[:2])
             log_weights.append(log_px_z + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1))

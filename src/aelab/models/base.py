@@ -1,23 +1,31 @@
-"""What every autoencoder shares: the train/val/test steps, metric names and the optimizer."""
+"""What every autoencoder shares: the network, the train/val/test steps, metric names, the
+optimizer and its scheduler."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from aelab.errors import ConfigError
 
 NOISES = (None, "gaussian", "masking")
-HOOK_NAME_ATTRIBUTE = "_current_fx_name"  # set by Lightning around every hook it calls
 TRAIN = "train"  # the stage whose metrics are `train/...`
 VAL = "val"  # and `val/...`
+TEST = "test"
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+DEFAULT_NET = {"_target_": "aelab.nets.MLP"}
 
 
 class AutoencoderModule(L.LightningModule):
     """Subclasses define `encode`, `decode` and `loss_terms`; this class trains and logs them.
+
+    `net` is the config of an encoder/decoder network (`aelab.nets`), built here for the image
+    shape and code size; its config, like every other argument, is plain data, so a checkpoint
+    holds no pickled objects and loads weights-only. `optimizer` and `scheduler` are `_partial_`
+    configs (or callables) completed with the parameters and the optimizer.
 
     `loss_terms(x, target)` returns a dict of scalars whose "loss" entry is minimised; each entry is
     logged as `<stage>/<name>` (`train/loss`, `val/kl`, ...), per step in training and per epoch,
@@ -27,7 +35,11 @@ class AutoencoderModule(L.LightningModule):
 
     def __init__(
         self,
-        optimizer: OptimizerFactory | None = None,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        net: Mapping[str, Any] | None = None,
+        optimizer: Mapping[str, Any] | OptimizerFactory | None = None,
+        scheduler: Mapping[str, Any] | Callable | None = None,
         compile: bool = False,
         noise: str | None = None,
         noise_level: float = 0.0,
@@ -40,21 +52,20 @@ class AutoencoderModule(L.LightningModule):
             raise ConfigError(
                 f"model.noise_level={noise_level} must be {allowed} for {noise} noise"
             )
-        self.optimizer_factory = optimizer
+        self.latent_dim = latent_dim
+        self.net = instantiate(
+            dict(net or DEFAULT_NET),
+            image_shape=list(image_shape),
+            latent_dim=latent_dim,
+            _convert_="all",
+        )
+        self.optimizer_factory = _built(optimizer)
+        self.scheduler_factory = _built(scheduler)
         self.compile_modules = compile
         self.noise = noise
         self.noise_level = noise_level
+        self.epoch_progress = 0.0  # epochs of training done, fractional: warm-ups read it
         self._rng_states_to_restore: dict | None = None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets `_current_fx_name` before and after each hook it calls: about 40 times
-        # a training step. nn.Module's __setattr__ first asks whether the value is a Parameter,
-        # a Module or a buffer (metaclass checks in Python): 4.9 us against 0.6 us here, about
-        # 0.2 ms a training step. The hook's name is a string, never one of those.
-        if name == HOOK_NAME_ATTRIBUTE:
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def configure_model(self) -> None:
         """`model.compile=true`: torch.compile every submodule in place, which keeps the
@@ -64,10 +75,17 @@ class AutoencoderModule(L.LightningModule):
                 module.compile()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the random state, so that a resumed deterministic run draws the same noise."""
+        """Keep the random state, so that a resumed deterministic run draws the same noise, and
+        the validation metrics the checkpoint was chosen by, so that a sweep reports the
+        metrics of the checkpoint it tested."""
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["val_metrics"] = {
+            name: float(value)
+            for name, value in self.trainer.callback_metrics.items()
+            if name.startswith(f"{VAL}/")
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_states_to_restore = checkpoint.get("rng_states")
@@ -109,56 +127,56 @@ class AutoencoderModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(x)
 
-    def _step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, index: int
-    ) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, _ = batch
-        if stage == TRAIN:
-            terms = self.loss_terms(self.corrupt(x), x)
-        else:
-            # Evaluation noise (the VAE's z draws) is seeded by the batch index in a forked RNG:
-            # val/test losses are the same in every run and from every checkpoint, and the
-            # training random stream does not depend on how often validation ran.
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(index)
-                terms = self.loss_terms(x, x)
-        if stage != TRAIN:
-            self.log_dict(
-                {f"{stage}/{name}": value for name, value in terms.items()},
-                on_epoch=True,
-                batch_size=x.shape[0],
-                sync_dist=True,
-                prog_bar=True,
-            )
-        elif self._is_logging_step():
-            # Not `prog_bar`: Lightning reads progress-bar values back after every step (a host
-            # sync per step on a GPU); `aelab.callbacks.ProgressBar` shows these when it redraws.
-            # `sync_dist`: under DDP the curve is the mean over ranks, at one all-reduce per
-            # logged metric every `log_every_n_steps` steps.
-            self.log_dict(
-                {f"{TRAIN}/{name}": value for name, value in terms.items()}, sync_dist=True
-            )
+        self.epoch_progress = self.current_epoch + batch_idx / max(
+            1, self.trainer.num_training_batches
+        )
+        terms = self.loss_terms(self.corrupt(x), x)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            # Only on the steps the logger writes anyway: handing values to `self.log` on every
+            # step costs Lightning's bookkeeping each time and, on a GPU, a host sync. Not
+            # `prog_bar` (read back after every step): `aelab.callbacks.ProgressBar` shows
+            # them when it redraws. `sync_dist`: under DDP the curve is the mean over ranks.
+            self.log_dict({f"{TRAIN}/{name}": v for name, v in terms.items()}, sync_dist=True)
         return terms["loss"]
 
-    def _is_logging_step(self) -> bool:
-        """Training metrics go to the logger every `trainer.log_every_n_steps` steps anyway;
-        logging them only then spares Lightning's per-call bookkeeping (a third of a small
-        model's step time) and, on a GPU, a host sync per step."""
-        return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, TRAIN, batch_idx)
-
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, VAL, batch_idx)
+        return self._evaluation_step(batch, VAL, batch_idx)
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test", batch_idx)
+        return self._evaluation_step(batch, TEST, batch_idx)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def _evaluation_step(self, batch, stage: str, batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        # Evaluation noise (the VAE's z draws) is seeded by the batch index in a forked RNG:
+        # val/test losses are the same in every run and from every checkpoint, and the
+        # training random stream does not depend on how often validation ran.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(batch_idx)
+            terms = self.loss_terms(x, x)
+        self.log_dict(
+            {f"{stage}/{name}": value for name, value in terms.items()},
+            on_epoch=True,
+            batch_size=x.shape[0],
+            sync_dist=True,
+            prog_bar=True,
+        )
+        return terms["loss"]
+
+    def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ConfigError(
                 "model.optimizer is not set; give a `_partial_: true` optimizer config"
             )
-        return self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _built(factory: Mapping[str, Any] | Callable | None) -> Callable | None:
+    """A `_partial_` config instantiated (the callable it describes), or the callable itself."""
+    return instantiate(dict(factory), _convert_="all") if isinstance(factory, Mapping) else factory

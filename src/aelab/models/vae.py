@@ -12,53 +12,41 @@ pytorch/examples, so the numbers are comparable. w(t) rises linearly from 0 to 1
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from aelab.errors import ConfigError
-from aelab.models.base import AutoencoderModule, OptimizerFactory
-from aelab.models.networks import decoder, encoder_body
+from aelab.models.base import AutoencoderModule
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
-class GaussianEncoder(nn.Module):
-    """x -> (mu, log sigma^2) of a diagonal Gaussian over the latent code."""
-
-    def __init__(self, body: nn.Module, features: int, latent_dim: int) -> None:
-        super().__init__()
-        self.body = body
-        self.mu = nn.Linear(features, latent_dim)
-        self.logvar = nn.Linear(features, latent_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(x)
-        return self.mu(h), self.logvar(h)
-
-
 class VAE(AutoencoderModule):
+    """h = net.encoder(x), (mu, log sigma^2) = linear heads of h; logits = net.decoder(z)."""
+
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int = 20,
-        hidden_dims: Sequence[int] = (400,),
-        activation: str = "relu",
-        architecture: str = "mlp",
-        channels: Sequence[int] = (32, 64),
+        net: Mapping[str, Any] | None = None,
         likelihood: str = "bernoulli",
         gaussian_std: float | None = None,
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
         noise: str | None = None,
         noise_level: float = 0.0,
-        optimizer: OptimizerFactory | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__(optimizer, compile, noise, noise_level)
-        self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        super().__init__(
+            image_shape, latent_dim, net, optimizer, scheduler, compile, noise, noise_level
+        )
+        self.save_hyperparameters(logger=False)
         if likelihood not in LIKELIHOODS:
             raise ConfigError(
                 f"model.likelihood={likelihood!r} is unknown; allowed: {list(LIKELIHOODS)}"
@@ -69,15 +57,11 @@ class VAE(AutoencoderModule):
             )
         if gaussian_std is not None and gaussian_std <= 0:
             raise ConfigError(f"model.gaussian_std={gaussian_std} must be > 0, or null to learn it")
-        self.latent_dim = latent_dim
         self.likelihood = likelihood
         self.beta = beta
         self.kl_warmup_epochs = kl_warmup_epochs
-        body, features = encoder_body(image_shape, architecture, hidden_dims, channels, activation)
-        self.encoder = GaussianEncoder(body, features, latent_dim)
-        self.decoder_logits = decoder(
-            latent_dim, image_shape, architecture, hidden_dims, channels, activation
-        )
+        self.mu = nn.Linear(self.net.features, latent_dim)
+        self.logvar = nn.Linear(self.net.features, latent_dim)
         # log s of the Gaussian decoder: a learned scalar, or a fixed buffer
         log_std = torch.tensor(math.log(gaussian_std if gaussian_std is not None else 0.1))
         if likelihood == "gaussian" and gaussian_std is None:
@@ -85,13 +69,18 @@ class VAE(AutoencoderModule):
         else:
             self.register_buffer("log_std", log_std, persistent=False)  # follows the config
 
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma^2) of q(z|x)."""
+        h = self.net.encoder(x)
+        return self.mu(h), self.logvar(h)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean: the code used for reconstructions and latent plots."""
-        return self.encoder(x)[0]
+        return self.posterior(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean of p(x|z): pixel probabilities, or the Gaussian's mean."""
-        return torch.sigmoid(self.decoder_logits(z))
+        return torch.sigmoid(self.net.decoder(z))
 
     def sample(self, z: torch.Tensor | int) -> torch.Tensor:
         """Decode prior draws z ~ N(0, I) (or that many fresh ones)."""
@@ -115,19 +104,15 @@ class VAE(AutoencoderModule):
         return -self.log_likelihood(logits, x).sum()
 
     def kl_weight(self) -> float:
+        """beta * w(t): w rises linearly over `kl_warmup_epochs` of training, 1 otherwise."""
         if not self.training or self.kl_warmup_epochs == 0:
             return self.beta
-        progress = (
-            self.current_epoch
-            + self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-            / max(1, self.trainer.num_training_batches)
-        )
-        return self.beta * min(1.0, progress / self.kl_warmup_epochs)
+        return self.beta * min(1.0, self.epoch_progress / self.kl_warmup_epochs)
 
     def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        mu, logvar = self.encoder(x)
+        mu, logvar = self.posterior(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         batch = x.shape[0]
-        recon = self.neg_log_likelihood(self.decoder_logits(z), target) / batch
+        recon = self.neg_log_likelihood(self.net.decoder(z), target) / batch
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
