@@ -36,7 +36,7 @@ def test_split_keeps_test_set_apart(tmp_path):
     assert ids(dm.train_set).isdisjoint(ids(dm.val_set))
     assert ids(dm.train_set) | ids(dm.val_set) == set(range(N_TRAIN))
     assert len(dm.test_set) == N_TEST
-    assert dm.image_shape == (1, 28, 28) and dm.num_classes == 10
+    assert dm.image_shape == (1, 28, 28)
 
     again = datamodule(tmp_path)
     again.setup()
@@ -50,7 +50,7 @@ def test_batches_are_views_of_chunks_and_the_same_as_gathered_one_by_one(data_di
     batches = list(loader)
     assert len(batches) == len(loader) == -(-(N_TRAIN - VAL_SIZE) // 50)
     assert len(loader.indices) == -(-len(batches) // 2)
-    one_by_one = BatchIndices(N_TRAIN - VAL_SIZE, 50, shuffle=True, seed=dm.split_seed)
+    one_by_one = BatchIndices(N_TRAIN - VAL_SIZE, 50, shuffle=True, seed=dm.seed)
     assert len(one_by_one) == len(batches)
     for (x, y), index in zip(batches, one_by_one, strict=True):
         assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
@@ -66,7 +66,9 @@ def test_batches_cross_to_another_device_as_bytes(data_dir):
     dm.setup()
     # Data on the host, model on a GPU (data.on_device=false): 4x fewer bytes to copy.
     dm.trainer = SimpleNamespace(
-        strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), overfit_batches=0
+        strategy=SimpleNamespace(root_device=torch.device("cuda", 0)),
+        overfit_batches=0,
+        current_epoch=0,
     )
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (50, 1, 28, 28)
@@ -94,7 +96,8 @@ class FirstBatches(L.Callback):
 def first_batches_of_each_epoch(dm: ImageDataModule, **trainer_args) -> list[torch.Tensor]:
     """Fit a tiny model with a bare Trainer; the images of every epoch's first batch."""
     first = FirstBatches()
-    model = Autoencoder((1, 28, 28), latent_dim=2, hidden_dims=[8], optimizer=torch.optim.SGD)
+    net = {"_target_": "aelab.nets.MLP", "hidden_dims": [8]}
+    model = Autoencoder((1, 28, 28), latent_dim=2, net=net, optimizer=torch.optim.SGD)
     trainer = L.Trainer(
         accelerator="cpu",
         callbacks=[first],
@@ -113,24 +116,39 @@ def test_lightning_draws_a_new_permutation_every_epoch(data_dir):
     images_per_epoch = first_batches_of_each_epoch(
         dm, max_epochs=3, limit_train_batches=2, limit_val_batches=0
     )
-    sampler = BatchIndices(N_TRAIN - VAL_SIZE, 50, shuffle=True, seed=dm.split_seed)
     for epoch, images in enumerate(images_per_epoch):
-        sampler.set_epoch(epoch)
+        sampler = BatchIndices(
+            N_TRAIN - VAL_SIZE, 50, shuffle=True, seed=0, epoch=lambda e=epoch: e
+        )
         assert torch.equal(images, to_float(dm.train_set.images[next(iter(sampler))]))
     assert len(images_per_epoch) == 3
     assert not torch.equal(images_per_epoch[0], images_per_epoch[1])
 
 
-def test_shuffle_changes_per_epoch_and_is_reproducible():
-    sampler = BatchIndices(100, 10, shuffle=True, seed=3)
+def test_shuffle_changes_per_epoch_and_seed_and_is_reproducible():
+    epoch = [0]
+    sampler = BatchIndices(100, 10, shuffle=True, seed=3, epoch=lambda: epoch[0])
     first = torch.cat(list(sampler))
-    sampler.set_epoch(1)
+    epoch[0] = 1
     second = torch.cat(list(sampler))
     assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(100))
     assert not torch.equal(first, second)
-    again = BatchIndices(100, 10, shuffle=True, seed=3)
-    again.set_epoch(1)
+    again = BatchIndices(100, 10, shuffle=True, seed=3, epoch=lambda: 1)
     assert torch.equal(torch.cat(list(again)), second)
+    other_seed = BatchIndices(100, 10, shuffle=True, seed=4, epoch=lambda: 1)
+    assert not torch.equal(torch.cat(list(other_seed)), second)
+
+
+def test_the_run_seed_orders_the_training_data_and_the_split_seed_only_the_split(data_dir):
+    """seed=1,2,3 sweeps see different batches; every run validates on the same images."""
+    runs = {}
+    for seed, split_seed in [(1, 7), (2, 7), (1, 8)]:
+        dm = datamodule(data_dir, seed=seed, split_seed=split_seed)
+        dm.setup()
+        runs[seed, split_seed] = (next(iter(dm.train_dataloader()))[1], dm.val_set.labels)
+    (a, val_a), (b, val_b), (_, val_c) = runs.values()
+    assert not torch.equal(a, b) and torch.equal(val_a, val_b)
+    assert not torch.equal(val_a, val_c)
 
 
 @pytest.mark.parametrize("batches_per_chunk", [1, 3])
@@ -138,13 +156,28 @@ def test_ranks_get_disjoint_shards(monkeypatch, batches_per_chunk):
     shards = []
     for rank in range(2):
         monkeypatch.setattr(BatchIndices, "_rank_and_world", staticmethod(lambda r=rank: (r, 2)))
-        sampler = BatchIndices(101, 8, shuffle=True, seed=0, batches_per_chunk=batches_per_chunk)
-        sampler.set_epoch(4)
+        sampler = BatchIndices(
+            101, 8, shuffle=True, seed=0, batches_per_chunk=batches_per_chunk, epoch=lambda: 4
+        )
         shards.append(torch.cat(list(sampler)).tolist())
         assert sampler.num_batches() == 7
         assert len(sampler) == len(list(sampler)) == -(-7 // batches_per_chunk)
     assert len(shards[0]) == len(shards[1]) == 50
     assert set(shards[0]).isdisjoint(shards[1])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 6])
+def test_test_shards_cover_every_image_exactly_once(monkeypatch, world):
+    seen = []
+    for rank in range(world):
+        monkeypatch.setattr(
+            BatchIndices, "_rank_and_world", staticmethod(lambda r=rank: (r, world))
+        )
+        sampler = BatchIndices(10_000, 128, shuffle=False, exact=True, batches_per_chunk=3)
+        shard = torch.cat(list(sampler)).tolist()
+        assert sampler.num_batches() == -(-len(shard) // 128)
+        seen += shard
+    assert sorted(seen) == list(range(10_000))  # none left out, none twice (9,999 on 3 before)
 
 
 def test_debian_fashion_copy_is_used_when_data_dir_has_none(tmp_path):

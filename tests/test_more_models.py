@@ -11,40 +11,43 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aelab.errors import ConfigError
 from aelab.models import VAE, Autoencoder
 
+CONV = {"_target_": "aelab.nets.ConvNet", "channels": [8, 16]}
+MLP8 = {"_target_": "aelab.nets.MLP", "hidden_dims": [8]}
+
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 17, 30), (1, 8, 8)])
 def test_conv_models_fit_any_image_size(shape):
     x = torch.rand(3, *shape)
-    ae = Autoencoder(shape, latent_dim=5, architecture="conv", channels=[8, 16])
+    ae = Autoencoder(shape, latent_dim=5, net=CONV)
     assert ae.encode(x).shape == (3, 5) and ae.reconstruct(x).shape == x.shape
-    vae = VAE(shape, latent_dim=4, architecture="conv", channels=[8, 16])
+    vae = VAE(shape, latent_dim=4, net=CONV)
     assert vae.sample(2).shape == (2, *shape)
     assert any(isinstance(m, torch.nn.Conv2d) for m in vae.modules())
 
 
 def test_too_many_convolutions_for_the_image_is_a_config_error():
     with pytest.raises(
-        ConfigError, match=r"model.channels=\[8, 8, 8, 8\]: 4 stride-2 convolutions"
+        ConfigError, match=r"model.net.channels=\[8, 8, 8, 8\]: 4 stride-2 convolutions"
     ):
-        Autoencoder((1, 8, 8), latent_dim=2, architecture="conv", channels=[8, 8, 8, 8])
+        Autoencoder((1, 8, 8), latent_dim=2, net={**CONV, "channels": [8, 8, 8, 8]})
 
 
 def test_gaussian_likelihood_is_a_negative_log_density_in_nats():
-    model = VAE((1, 4, 4), latent_dim=2, hidden_dims=[8], likelihood="gaussian", gaussian_std=0.5)
+    model = VAE((1, 4, 4), latent_dim=2, net=MLP8, likelihood="gaussian", gaussian_std=0.5)
     x = torch.rand(3, 1, 4, 4)
     logits = torch.randn(3, 1, 4, 4)
     mean = torch.sigmoid(logits)
     expected = -torch.distributions.Normal(mean, 0.5).log_prob(x).sum()
     assert torch.allclose(model.neg_log_likelihood(logits, x), expected, rtol=1e-5)
     assert "log_std" not in dict(model.named_parameters())
-    learned = VAE((1, 4, 4), latent_dim=2, hidden_dims=[8], likelihood="gaussian")
+    learned = VAE((1, 4, 4), latent_dim=2, net=MLP8, likelihood="gaussian")
     assert "log_std" in dict(learned.named_parameters())
     with pytest.raises(ConfigError, match=r"model\.likelihood='poisson' is unknown"):
         VAE((1, 4, 4), likelihood="poisson")
 
 
 def test_beta_weights_kl_and_warms_up():
-    model = VAE((1, 4, 4), latent_dim=2, hidden_dims=[8], beta=4.0, kl_warmup_epochs=2)
+    model = VAE((1, 4, 4), latent_dim=2, net=MLP8, beta=4.0, kl_warmup_epochs=2)
     model.eval()
     x = torch.rand(5, 1, 4, 4)
     torch.manual_seed(0)
@@ -134,6 +137,6 @@ def test_idx_needs_a_path(compose_cfg, tmp_path):
 
 def test_models_use_partial_optimizer():
     model = VAE(
-        (1, 8, 8), architecture="conv", channels=[4], optimizer=partial(torch.optim.SGD, lr=0.1)
+        (1, 8, 8), net={**CONV, "channels": [4]}, optimizer=partial(torch.optim.SGD, lr=0.1)
     )
     assert isinstance(model.configure_optimizers(), torch.optim.SGD)

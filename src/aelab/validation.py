@@ -88,8 +88,10 @@ def check_arguments(key: str, node: Any) -> None:
         name = str(name)
         if not name.startswith("_") and name not in parameters:
             arguments = ", ".join(
-                n for n, p in parameters.items()
-                if n not in provided and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                n
+                for n, p in parameters.items()
+                if n not in provided
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
                 and n not in ("params", "optimizer", "self")
             )
             raise ConfigError(

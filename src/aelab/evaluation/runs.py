@@ -13,7 +13,6 @@ from aelab.models import AutoencoderModule
 from aelab.validation import check_checkpoint, load_checkpoint
 
 
-
 @dataclass
 class Run:
     """A run's resolved config and its model with the checkpoint's weights (on the CPU)."""

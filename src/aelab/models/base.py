@@ -6,10 +6,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from aelab.errors import ConfigError
+from aelab.errors import AelabError, ConfigError, root_cause
 
 NOISES = (None, "gaussian", "masking")
 TRAIN = "train"  # the stage whose metrics are `train/...`
@@ -53,12 +54,7 @@ class AutoencoderModule(L.LightningModule):
                 f"model.noise_level={noise_level} must be {allowed} for {noise} noise"
             )
         self.latent_dim = latent_dim
-        self.net = instantiate(
-            dict(net or DEFAULT_NET),
-            image_shape=list(image_shape),
-            latent_dim=latent_dim,
-            _convert_="all",
-        )
+        self.net = build(net or DEFAULT_NET, image_shape=list(image_shape), latent_dim=latent_dim)
         self.optimizer_factory = _built(optimizer)
         self.scheduler_factory = _built(scheduler)
         self.compile_modules = compile
@@ -174,9 +170,24 @@ class AutoencoderModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+
+def build(config: Mapping[str, Any], **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` of a plain config, with the user's error (a ConfigError from the
+    network, say) raised as it is rather than wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(dict(config), **kwargs, _convert_="all")
+    except InstantiationException as err:
+        cause = root_cause(err)
+        if isinstance(cause, AelabError):
+            raise cause from None
+        raise
 
 
 def _built(factory: Mapping[str, Any] | Callable | None) -> Callable | None:
     """A `_partial_` config instantiated (the callable it describes), or the callable itself."""
-    return instantiate(dict(factory), _convert_="all") if isinstance(factory, Mapping) else factory
+    return build(factory) if isinstance(factory, Mapping) else factory

@@ -46,7 +46,10 @@ class ConvNet(nn.Module):
         inputs = [image_shape[0], *channels[:-1]]
         encoder: list[nn.Module] = []
         for c_in, c_out in zip(inputs, channels, strict=True):
-            encoder += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), activation_layer(activation)]
+            encoder += [
+                nn.Conv2d(c_in, c_out, 4, stride=2, padding=1),
+                activation_layer(activation),
+            ]
         self.encoder = nn.Sequential(*encoder, nn.Flatten())
         decoder: list[nn.Module] = [
             nn.Linear(latent_dim, self.features),

@@ -24,7 +24,9 @@ def activation(name: str, key: str = "model.net.activation") -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def mlp(sizes: Sequence[int], hidden_activation: str, last_activation: bool = False) -> nn.Sequential:
+def mlp(
+    sizes: Sequence[int], hidden_activation: str, last_activation: bool = False
+) -> nn.Sequential:
     """Linear layers sizes[0] -> ... -> sizes[-1] with `hidden_activation` between them (and
     after the last one too, with `last_activation`)."""
     activation(hidden_activation)  # rejects a bad name even where no hidden layer would use it
