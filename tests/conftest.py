@@ -92,9 +92,9 @@ def compose_cfg():
 CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens here: a download fails at once
 
 
-def run_python(*args: str, env: dict | None = None, timeout: int = 600):
-    """Run `python ARGS` from the repository root, as a user would, offline: any download goes
-    through a proxy on a closed port and fails at once."""
+def run_python(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path = REPO):
+    """Run `python ARGS` from the repository root (or `cwd`), as a user would, offline: any
+    download goes through a proxy on a closed port and fails at once."""
     import os
     import subprocess
 
@@ -103,7 +103,7 @@ def run_python(*args: str, env: dict | None = None, timeout: int = 600):
     }
     return subprocess.run(
         [sys.executable, *args],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         env={**(env or os.environ), **proxies},

@@ -30,7 +30,7 @@ def test_knn_and_linear_probe_on_separable_codes():
 
 def test_importance_weighted_nll_bounds_the_elbo():
     torch.manual_seed(0)
-    model = VAE((1, 6, 6), latent_dim=2, hidden_dims=[16])
+    model = VAE((1, 6, 6), latent_dim=2, net={"_target_": "aelab.nets.MLP", "hidden_dims": [16]})
     images = (torch.rand(20, 1, 6, 6) * 255).to(torch.uint8)
     x = images.float() / 255
     model.eval()
@@ -90,12 +90,14 @@ def test_per_epoch_pngs(trained_run):
 @pytest.mark.slow
 def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_dir, tmp_path):
     best = next(p for p in (trained_run / "checkpoints").iterdir() if p.name.startswith("epoch_"))
-    result = run_module(
+    # no data folder given: the run's own (from its config.yaml), from another working folder
+    result = run_python(
+        "-m",
         "aelab.eval",
         f"ckpt_path={best}",
-        f"paths.data_dir={data_dir}",
         "iw_samples=20",
         f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     trained = _scalars(trained_run / "tensorboard")
@@ -117,20 +119,19 @@ def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_d
     assert "latent/test_codes" in projector
 
 
-def _generate(run: Path, data_dir: Path, out: Path, *overrides: str):
+def _generate(run: Path, out: Path, *overrides: str):
     """`python -m aelab.generate` on the run's last checkpoint, writing into `out`."""
     return run_module(
         "aelab.generate",
         f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-        f"paths.data_dir={data_dir}",
         f"hydra.run.dir={out}",
         *overrides,
     )
 
 
 @pytest.mark.slow
-def test_generate_writes_pngs(trained_run, data_dir, tmp_path):
-    result = _generate(trained_run, data_dir, tmp_path)
+def test_generate_writes_pngs(trained_run, tmp_path):
+    result = _generate(trained_run, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = {
         name: Image.open(tmp_path / name).size
@@ -142,13 +143,77 @@ def test_generate_writes_pngs(trained_run, data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_generate_interpolates_more_pairs_than_it_reconstructs(trained_run, data_dir, tmp_path):
-    result = _generate(
-        trained_run, data_dir, tmp_path, "num_reconstructions=4", "num_interpolations=12"
-    )
+def test_generate_interpolates_more_pairs_than_it_reconstructs(trained_run, tmp_path):
+    result = _generate(trained_run, tmp_path, "num_reconstructions=4", "num_interpolations=12")
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(tmp_path / "reconstructions.png").size == (4 * 30 + 2, 2 * 30 + 2)
     assert Image.open(tmp_path / "interpolations.png").size == (10 * 30 + 2, 12 * 30 + 2)
+
+
+@pytest.mark.slow
+def test_prior_samples_need_no_data(trained_run, tmp_path):
+    out = tmp_path / "out"
+    nowhere = tmp_path / "no-data-here"
+    result = _generate(
+        trained_run, out, f"data_dir={nowhere}", "num_reconstructions=0", "num_interpolations=0"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.png")) == ["samples.png"]
+    assert not nowhere.exists()
+    # asked for test images, the data folder given is the one searched
+    result = _generate(trained_run, tmp_path / "out2", f"data_dir={nowhere}")
+    assert result.returncode == 1 and f"{nowhere}/MNIST/raw" in result.stderr
+
+
+@pytest.fixture
+def model_leaves_its_device_at_teardown(monkeypatch):
+    """A stand-in for a GPU: Lightning's teardown moves the model off the device it ran on (to
+    the CPU, on a GPU machine); here to `meta`, where no metric can be computed. Code that used
+    the model after teardown would fail."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    teardown = SingleDeviceStrategy.teardown
+
+    def teardown_off_device(self):
+        module = self.lightning_module
+        teardown(self)
+        if module is not None:
+            module.to("meta")
+
+    monkeypatch.setattr(SingleDeviceStrategy, "teardown", teardown_off_device)
+
+
+@pytest.mark.slow
+def test_eval_computes_its_metrics_on_the_device_the_model_runs_on(
+    trained_run, tmp_path, model_leaves_its_device_at_teardown
+):
+    from hydra import compose, initialize_config_dir
+
+    from aelab.config import CONFIG_DIR, prepare_hydra
+    from aelab.eval import evaluate
+
+    prepare_hydra()
+    best = next((trained_run / "checkpoints").glob("epoch_*.ckpt"))
+    overrides = [f"ckpt_path={best}", "iw_samples=5", f"paths.output_dir={tmp_path}"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=overrides)
+    metrics = evaluate(cfg)
+    for name in ("test/knn_acc", "test/linear_acc", "test/nll_iw", "test/loss"):
+        assert torch.isfinite(torch.tensor(metrics[name])), name
+    assert "latent/scatter" in _latent_pictures(tmp_path / "tensorboard")[0]
+
+
+@pytest.mark.slow
+def test_latent_pictures_are_drawn_before_the_model_leaves_its_device(
+    compose_cfg, data_dir, tmp_path, model_leaves_its_device_at_teardown
+):
+    from aelab.train import train
+
+    cfg = compose_cfg(
+        "debug=fast", "test=false", *small_run_overrides(data_dir), output_dir=tmp_path
+    )
+    train(cfg)
+    assert "latent/scatter" in _latent_pictures(tmp_path / "tensorboard")[0]
 
 
 def test_eval_needs_the_run_folder(tmp_path):

@@ -16,19 +16,19 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
+from aelab.callbacks.hooks import BATCH_HOOKS
+from aelab.profiler import NoProfiler
 from conftest import PROJECT_ROOT, VAL_SIZE, run_python, run_train, small_run_overrides
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
 
 from aelab.callbacks import DivergenceGuard, ProgressBar
-from aelab.callbacks.hooks import BATCH_HOOKS
 from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
 from aelab.errors import TrainingDiverged
 from aelab.models import VAE, Autoencoder
 from aelab.models.base import HOOK_NAME_ATTRIBUTE
-from aelab.profiler import NoProfiler
 from aelab.train import NVML_CHECK, instantiate_all, make_trainer, skip_nvml_probe_without_cuda
 
 

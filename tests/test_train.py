@@ -1,8 +1,11 @@
 """End-to-end training runs on synthetic data: what a user sees after `python train.py`."""
 
+import os
+
 import pytest
 import torch
 from conftest import run_train, small_run_overrides
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelab.models import VAE, Autoencoder
@@ -52,23 +55,45 @@ def test_training_run_logs_learns_and_checkpoints(data_dir, tmp_path, model):
     assert b"hparams/test_loss" in hparams["_hparams_/experiment"]
     assert tb.Scalars("hparams/test_loss")[0].value == tb.Scalars("test/loss")[0].value
 
+    assert b"seed" in hparams["_hparams_/experiment"]
+    assert b"git/commit" in hparams["_hparams_/experiment"]
+
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints and len(checkpoints) == 2
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    # the resolved config, with absolute folders, for evaluation from anywhere
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert saved.paths.data_dir == str(data_dir) and saved.data.data_dir == str(data_dir)
+    assert saved.paths.output_dir == str(run_dir) and saved.model.latent_dim > 0
+    assert "model" in result.stderr and "optimizer" in result.stderr  # the printed config tree
 
 
 @pytest.mark.slow
-def test_train_returns_metric_and_best_checkpoint_reloads(compose_cfg, data_dir, tmp_path):
+def test_train_returns_the_tested_checkpoints_metric_not_the_last_epochs(
+    compose_cfg, data_dir, tmp_path
+):
+    """A sweep ranks each job by the checkpoint it tests. The learning rate grows 300-fold per
+    epoch (scheduler=step), so the first epoch is the best one and the later ones are worse
+    (the loss is an MSE of sigmoid outputs: bounded, never NaN)."""
     cfg = compose_cfg(
-        "model=deep_ae", "trainer.max_epochs=2", *small_run_overrides(data_dir), output_dir=tmp_path
+        "model=deep_ae",
+        "trainer.max_epochs=3",
+        "scheduler=step",
+        "model.scheduler.step_size=1",
+        "model.scheduler.gamma=300",
+        *small_run_overrides(data_dir),
+        output_dir=tmp_path,
     )
     value = train(cfg)
 
-    last_val_loss = events(tmp_path).Scalars("val/loss")[-1].value
-    assert value == pytest.approx(last_val_loss, rel=1e-6)
+    val_loss = [e.value for e in events(tmp_path).Scalars("val/loss")]
+    assert min(val_loss) == val_loss[0] < val_loss[-1], val_loss
+    assert value == pytest.approx(val_loss[0], rel=1e-6)
 
     best = next(p for p in (tmp_path / "checkpoints").iterdir() if p.name != "last.ckpt")
+    assert best.name == "epoch_000.ckpt"
     checkpoint = torch.load(best, weights_only=True)
+    assert checkpoint["val_metrics"]["val/loss"] == value
     assert checkpoint["hyper_parameters"]["latent_dim"] == 3
     model = Autoencoder.load_from_checkpoint(best, weights_only=True)
     assert model.encode(torch.rand(2, 1, 28, 28)).shape == (2, 3)
@@ -105,3 +130,48 @@ def test_val_size_is_a_clear_error(compose_cfg, data_dir, tmp_path):
     cfg.data.val_size = 10**6
     with pytest.raises(ConfigError, match=r"data\.val_size"):
         train(cfg)
+
+
+TINY_NET = """
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    \"\"\"One linear layer each way: the smallest network aelab can train.\"\"\"
+
+    def __init__(self, image_shape, latent_dim, width=16):
+        super().__init__()
+        pixels = image_shape[0] * image_shape[1] * image_shape[2]
+        self.features = width
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, width), nn.ReLU())
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, pixels), nn.Unflatten(1, image_shape))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vae", "ae"])
+def test_a_network_of_your_own_from_a_config_folder_outside_the_package(data_dir, tmp_path, model):
+    """The README's recipe: one module and one YAML of the user's, no edit of aelab."""
+    (tmp_path / "my_nets.py").write_text(TINY_NET)
+    configs = tmp_path / "my_configs"
+    (configs / "net").mkdir(parents=True)
+    (configs / "net" / "tiny.yaml").write_text(
+        "# @package model.net\n_target_: my_nets.TinyNet\nwidth: 24\n"
+    )
+    run_dir = tmp_path / "run"
+    result = run_train(
+        "--config-dir",
+        str(configs),
+        f"model={model}",
+        "net=tiny",
+        "trainer.max_epochs=2",
+        *small_run_overrides(data_dir),
+        f"hydra.run.dir={run_dir}",
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"]["net.encoder.1.weight"].shape == (24, 784)
+    assert checkpoint["hyper_parameters"]["net"] == {"_target_": "my_nets.TinyNet", "width": 24}
+    val_loss = [e.value for e in events(run_dir).Scalars("val/loss")]
+    assert val_loss[-1] < val_loss[0]
