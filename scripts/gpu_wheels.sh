@@ -16,7 +16,7 @@
 #   3. every resolved package that the GPU machine's image does not already hold is fetched with
 #      `pip download --no-deps --only-binary=:all:`. The image's packages (GPU_HAS below: numpy,
 #      scipy, matplotlib, tensorboard, rich, ... from .library/device/KINDS.md) are left out:
-#      with them the folder would be about 90 MiB, over the 64 MiB that travels to the machine.
+#      with them the folder would be about 100 MiB, over the 64 MiB that travels to the machine.
 #
 # The folder must stay under ~50 MiB (it is checked); /wheels/ is git-ignored. Set GPU_HAS=""
 # to fetch the whole tree (for a machine that has only torch and Lightning), then check the size.

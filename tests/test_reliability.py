@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import N_TRAIN, PROJECT_ROOT, run_train, small_run_overrides, write_dataset, write_idx
+from conftest import N_TRAIN, REPO, run_train, small_run_overrides, write_dataset, write_idx
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelab.callbacks import DivergenceGuard
@@ -20,6 +20,8 @@ from aelab.data import ImageDataModule
 from aelab.errors import ConfigError, TrainingDiverged
 from aelab.models import Autoencoder
 from aelab.validation import check_checkpoint
+
+MLP16 = {"_target_": "aelab.nets.MLP", "hidden_dims": [16]}
 
 
 def assert_one_line_error(result, *fragments: str) -> str:
@@ -37,7 +39,7 @@ def assert_one_line_error(result, *fragments: str) -> str:
     ("override", "fragments"),
     [
         ("model.latent_dim=0", ["model.latent_dim=0", "an integer > 0"]),
-        ("model.hidden_dims=[400,-3]", ["model.hidden_dims=[400, -3]", "> 0"]),
+        ("model.net.hidden_dims=[400,-3]", ["model.net.hidden_dims=[400, -3]", "> 0"]),
         ("model.optimizer.lr=0", ["model.optimizer.lr=0", "a number > 0"]),
         ("data.batch_size=-5", ["data.batch_size=-5", "an integer > 0"]),
         ("data.chunk_size=0", ["data.chunk_size=0", "an integer > 0"]),
@@ -49,7 +51,10 @@ def assert_one_line_error(result, *fragments: str) -> str:
             "model.optimizer._target_=torch.optim.RMSprop",
             ["model.optimizer.fused is not an argument of torch.optim.RMSprop", "alpha"],
         ),
-        ("model.activation=swish", ["model.activation='swish' is not an activation", "relu"]),
+        (
+            "model.net.activation=swish",
+            ["model.net.activation='swish' is not an activation", "relu"],
+        ),
         ("data.val_size=100000", ["data.val_size=100000 must be in [1, 1023]"]),
     ],
 )
@@ -132,7 +137,7 @@ def test_unwritable_output_and_data_folders(data_dir, tmp_path):
 
 
 def _model(**kwargs) -> Autoencoder:
-    return Autoencoder((1, 28, 28), latent_dim=3, hidden_dims=[16], **kwargs)
+    return Autoencoder((1, 28, 28), latent_dim=3, net=MLP16, **kwargs)
 
 
 def test_checkpoint_checks(tmp_path):
@@ -155,11 +160,11 @@ def test_checkpoint_checks(tmp_path):
     with pytest.raises(ConfigError, match="not a loadable checkpoint"):
         check_checkpoint(tampered, model)
 
-    other = Autoencoder((1, 28, 28), latent_dim=5, hidden_dims=[16])
+    other = Autoencoder((1, 28, 28), latent_dim=5, net=MLP16)
     with pytest.raises(ConfigError, match="holds a different model than the config describes"):
         check_checkpoint(good, other)
 
-    small = Autoencoder((1, 16, 16), latent_dim=3, hidden_dims=[16])
+    small = Autoencoder((1, 16, 16), latent_dim=3, net=MLP16)
     with pytest.raises(
         ConfigError, match=r"trained on images of shape \(1, 28, 28\), the data has \(1, 16, 16\)"
     ):
@@ -233,7 +238,7 @@ def signal_after_first_epoch(args: list[str], run_dir, signum: int) -> int:
     and return its exit code."""
     process = subprocess.Popen(
         [sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"],
-        cwd=PROJECT_ROOT,
+        cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -279,20 +284,22 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data_dir, tmp_p
         assert tests_a[tag] == pytest.approx(tests_b[tag], abs=1e-6)
 
 
-def test_run_folder_follows_the_checkpoint(tmp_path):
+def test_run_folder_follows_the_checkpoint(tmp_path, monkeypatch):
+    from aelab import config
     from aelab.config import run_dir
 
+    monkeypatch.setattr(config, "run_stamp", lambda: "now")
     runs = tmp_path / "runs"
-    assert run_dir(None, str(runs), "2026-01-01_00-00-00") == f"{runs}/2026-01-01_00-00-00"
-    assert run_dir("last", str(runs), "now") == f"{runs}/now", "nothing to resume: a fresh run"
+    assert run_dir(None, str(runs)) == f"{runs}/now"
+    assert run_dir("last", str(runs)) == f"{runs}/now", "nothing to resume: a fresh run"
     for name, age in [("old", 100), ("new", 10)]:
         checkpoint = runs / name / "checkpoints" / "last.ckpt"
         checkpoint.parent.mkdir(parents=True)
         checkpoint.write_bytes(b"")
         os.utime(checkpoint, (time.time() - age, time.time() - age))
-    assert run_dir("last", str(runs), "now") == str(runs / "new")
+    assert run_dir("last", str(runs)) == str(runs / "new")
     named = runs / "old" / "checkpoints" / "last.ckpt"
-    assert run_dir(str(named), str(runs), "now") == str(runs / "old")
+    assert run_dir(str(named), str(runs)) == str(runs / "old")
 
 
 @pytest.mark.slow
@@ -311,3 +318,37 @@ def test_sigterm_and_sigint_write_a_checkpoint(data_dir, tmp_path, signum):
     assert interrupted.is_file()
     state = torch.load(interrupted, weights_only=True)
     assert state["global_step"] >= torch.load(last, weights_only=True)["global_step"] > 0
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_runs_config_and_refuses_another(data_dir, tmp_path):
+    """A resumed run goes on in its folder: the config it was started with (which aelab.eval
+    trusts) stays; another model config is refused; init_from starts a new run instead."""
+    args = ["model=vae", *small_run_overrides(data_dir), "callbacks.progress_bar=null"]
+    run = tmp_path / "run"
+    first = run_train(*args, "trainer.max_epochs=1", f"hydra.run.dir={run}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = {name: (run / name).read_text() for name in (".hydra/config.yaml", "config.yaml")}
+    last = run / "checkpoints" / "last.ckpt"
+
+    resumed = run_train(*args, "trainer.max_epochs=2", f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    assert {name: (run / name).read_text() for name in saved} == saved
+    (resume_config,) = (run / ".hydra" / "resumed").glob("*/config.yaml")
+    assert "max_epochs: 2" in resume_config.read_text()
+
+    refused = run_train(*args, "trainer.max_epochs=3", "model.beta=2.0", f"ckpt_path={last}")
+    assert_one_line_error(
+        refused, "that run was started with model.beta=1.0, not 2.0", "init_from=PATH"
+    )
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+    new = tmp_path / "finetuned"
+    tuned = run_train(
+        *args, "trainer.max_epochs=1", "model.beta=2.0", f"init_from={last}", f"hydra.run.dir={new}"
+    )
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert "Starting from the weights of" in tuned.stdout + tuned.stderr
+    assert (new / "checkpoints" / "last.ckpt").is_file() and (new / "config.yaml").is_file()
+    assert torch.load(new / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from aelab.callbacks.hooks import BATCH_HOOKS
 from aelab.profiler import NoProfiler
-from conftest import PROJECT_ROOT, VAL_SIZE, run_python, run_train, small_run_overrides
+from conftest import REPO, VAL_SIZE, run_python, run_train, small_run_overrides
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
@@ -460,7 +460,7 @@ def test_adam_steps_without_probing_for_nvml_where_there_is_no_cuda(monkeypatch)
 def test_benchmark_times_the_four_loops_and_writes_json(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     result = run_python(
-        str(PROJECT_ROOT / "scripts" / "benchmark.py"),
+        str(REPO / "scripts" / "benchmark.py"),
         *("--data-dir", str(data_dir), "--models", "ae", "--batch-size", "64"),
         *("--warmup", "0", "--epochs", "1", "--rounds", "2", "--json", str(out)),
         *("--startup-runs", "1"),
@@ -500,9 +500,7 @@ def test_benchmark_times_the_four_loops_and_writes_json(data_dir, tmp_path):
 
 
 def test_benchmark_times_lightning_alone_without_callbacks_logger_or_bar(data_dir):
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", PROJECT_ROOT / "scripts/benchmark.py"
-    )
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts/benchmark.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     args = SimpleNamespace(data_dir=data_dir, batch_size=64, device="cpu", overrides=[])
@@ -518,7 +516,7 @@ def test_benchmark_times_lightning_alone_without_callbacks_logger_or_bar(data_di
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is there")
 def test_benchmark_refuses_a_gpu_that_is_not_there(data_dir, tmp_path):
     result = run_python(
-        str(PROJECT_ROOT / "scripts" / "benchmark.py"),
+        str(REPO / "scripts" / "benchmark.py"),
         *("--data-dir", str(data_dir), "--devices", "cuda", "--json", str(tmp_path / "b.json")),
     )
     assert result.returncode == 2

@@ -128,9 +128,12 @@ def save_run_config(cfg: DictConfig) -> None:
     from rich.tree import Tree
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tree = Tree("config")
-    for group, value in resolved.items():
-        tree.add(f"[bold]{group}[/]").add(OmegaConf.to_yaml({group: value}).strip())
+    tree = Tree("config", guide_style="dim")
+    for key, value in resolved.items():
+        if isinstance(value, dict):
+            tree.add(f"[bold]{key}[/]").add(OmegaConf.to_yaml(value).strip())
+        else:
+            tree.add(f"[bold]{key}[/]: {value}")
     Console(stderr=True).print(tree)
     path = Path(cfg.paths.output_dir) / RUN_CONFIG
     if not path.exists():

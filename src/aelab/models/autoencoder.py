@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aelab.models.base import AutoencoderModule
+from aelab.models.base import AutoencoderModule, objects
 from aelab.nets import activation
 
 
@@ -34,7 +34,7 @@ class Autoencoder(AutoencoderModule):
         super().__init__(
             image_shape, latent_dim, net, optimizer, scheduler, compile, noise, noise_level
         )
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=objects(optimizer, scheduler))
         code: list[nn.Module] = [nn.Linear(self.net.features, latent_dim)]
         if latent_activation is not None:
             code.append(activation(latent_activation, "model.latent_activation"))

@@ -176,6 +176,17 @@ class AutoencoderModule(L.LightningModule):
         }
 
 
+def objects(optimizer: Any, scheduler: Any) -> list[str]:
+    """The names of the two arguments given as Python objects (a `functools.partial`) rather
+    than configs: not saved, so that every checkpoint loads weights-only."""
+    given = {"optimizer": optimizer, "scheduler": scheduler}
+    return [
+        name
+        for name, value in given.items()
+        if value is not None and not isinstance(value, Mapping)
+    ]
+
+
 def build(config: Mapping[str, Any], **kwargs: Any) -> Any:
     """`hydra.utils.instantiate` of a plain config, with the user's error (a ConfigError from the
     network, say) raised as it is rather than wrapped in Hydra's InstantiationException."""

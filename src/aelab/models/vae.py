@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aelab.errors import ConfigError
-from aelab.models.base import AutoencoderModule
+from aelab.models.base import AutoencoderModule, objects
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -46,7 +46,7 @@ class VAE(AutoencoderModule):
         super().__init__(
             image_shape, latent_dim, net, optimizer, scheduler, compile, noise, noise_level
         )
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=objects(optimizer, scheduler))
         if likelihood not in LIKELIHOODS:
             raise ConfigError(
                 f"model.likelihood={likelihood!r} is unknown; allowed: {list(LIKELIHOODS)}"
