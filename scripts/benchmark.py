@@ -10,13 +10,15 @@ optimizer, batch size and data, one run measures samples/s of
   (c) bare       a bare loop over an in-memory tensor shuffled with `randperm`: the compute limit;
   (d) alone      (a) without callbacks, logger, progress bar or checkpointing: the floor that
                  Lightning's own cost per step sets (a against d: what the template's
-                 callbacks, logger and bar cost).
+                 callbacks, logger and bar cost);
+  (a') plain     (a) with `speedups=false`: plain Lightning, without aelab.speedups (a against
+                 a': what the switch buys).
 
 Run it in a terminal to time (a) as a user runs it: Rich draws the progress bar only there.
 
 Each variant runs `--warmup` (1) epochs that are not timed, then `--epochs` (2) timed ones, and the
 variants take turns for `--rounds` (4) rounds, so that a slow spell of the machine does not
-fall on one variant only. (a), (c) and (d), whose ratios are the close ones, run one after
+fall on one variant only. (a), (c), (d) and (a'), whose ratios are the close ones, run one after
 another and take turns at running first, and `--warmup` untimed epochs of (c) warm the process
 up before the first round: none of them always runs first, or first in a cold process. The best
 timed epoch counts (the least disturbed by other work on the machine). Prints a table with the
@@ -28,7 +30,7 @@ round, which show how noisy the machine was.
 It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
 which compose the config without importing torch or Lightning.
 
-    python scripts/benchmark.py --data-dir ../shared/data
+    python scripts/benchmark.py --data-dir /path/to/data
     python scripts/benchmark.py --models vae --devices cuda --json bench-gpu.json
     python scripts/benchmark.py --models vae model.latent_dim=2   # Hydra overrides last
 """
@@ -52,10 +54,13 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
-from aelab.config import CONFIG_DIR, PROJECT_ROOT, prepare_hydra
+from aelab.config import CONFIG_DIR, prepare_hydra
 from aelab.data import to_float
 from aelab.data.idx import read_idx
-from aelab.train import skip_nvml_probe_without_cuda, train
+from aelab.speedups import NVML_CHECK, skip_nvml_probe_without_cuda
+from aelab.train import train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class EpochTimer(L.Callback):
@@ -88,7 +93,14 @@ ALONE = [
 ]
 
 
-def _config(model: str, args: argparse.Namespace, epochs: int, out: str, alone: bool = False):
+def _config(
+    model: str,
+    args: argparse.Namespace,
+    epochs: int,
+    out: str,
+    alone: bool = False,
+    plain: bool = False,
+):
     overrides = [
         f"model={model}",
         "data=mnist",
@@ -102,17 +114,25 @@ def _config(model: str, args: argparse.Namespace, epochs: int, out: str, alone: 
         "optimized_metric=null",
         "+callbacks.epoch_timer._target_=__main__.EpochTimer",
         *(ALONE if alone else []),
+        *(["speedups=false"] if plain else []),
         *args.overrides,
     ]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
 
 
-def lightning_loop(model: str, args: argparse.Namespace, alone: bool = False) -> list[float]:
-    """Samples/s of each timed epoch of (a), or of (d) when `alone`; the same for the others."""
+def lightning_loop(
+    model: str, args: argparse.Namespace, alone: bool = False, plain: bool = False
+) -> list[float]:
+    """Samples/s of each timed epoch of (a), of (d) when `alone`, of (a') when `plain`."""
     EpochTimer.throughputs = []
-    with tempfile.TemporaryDirectory() as out:
-        train(_config(model, args, args.warmup + args.epochs, out, alone))
+    if plain and not torch.cuda.is_available():
+        os.environ[NVML_CHECK] = "1"  # as `import lightning` leaves it, which (a') lives with
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            train(_config(model, args, args.warmup + args.epochs, out, alone, plain))
+    finally:
+        skip_nvml_probe_without_cuda()
     return EpochTimer.throughputs[args.warmup :]
 
 
@@ -164,11 +184,12 @@ def measure(model: str, args: argparse.Namespace) -> dict:
         "lightning": partial(lightning_loop, model, args),
         "bare": partial(bare_loop, net, args),
         "lightning_alone": partial(lightning_loop, model, args, alone=True),
+        "plain": partial(lightning_loop, model, args, plain=True),
         "tutorial": partial(tutorial_loop, net, args),
     }
     # Untimed epochs first, so that the loop that runs first does not find the process cold.
     bare_loop(net, argparse.Namespace(**{**vars(args), "epochs": 0}))
-    close = ["lightning", "bare", "lightning_alone"]  # each runs first in turn
+    close = ["lightning", "bare", "lightning_alone", "plain"]  # each runs first in turn
     orders = [[*close[i:], *close[:i], "tutorial"] for i in range(len(close))]
     rounds = [{name: loops[name]() for name in orders[i % len(orders)]} for i in range(args.rounds)]
     row = {"model": model, "device": args.device, "batch_size": args.batch_size}
@@ -181,6 +202,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     row["lightning_vs_bare"] = row["lightning_samples_per_s"] / row["bare_samples_per_s"]
     row["lightning_vs_tutorial"] = row["lightning_samples_per_s"] / row["tutorial_samples_per_s"]
     row["alone_vs_bare"] = row["lightning_alone_samples_per_s"] / row["bare_samples_per_s"]
+    row["speedups_gain"] = row["lightning_samples_per_s"] / row["plain_samples_per_s"]
     # what (a) adds to a step of (c): Lightning's fixed cost, which a/c sets against the compute;
     # and what (a) adds to a step of (d): the cost of the template's callbacks, logger and bar
     ms_per_step = {name: 1e3 * args.batch_size / row[f"{name}_samples_per_s"] for name in loops}
@@ -207,7 +229,7 @@ def startup_seconds(args: list[str], runs: int) -> float:
     for _ in range(runs):
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "train.py", *args], cwd=PROJECT_ROOT, check=True, capture_output=True
+            [sys.executable, "train.py", *args], cwd=REPO, check=True, capture_output=True
         )
         times.append(time.perf_counter() - start)
     return min(times)
@@ -218,7 +240,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--models", nargs="+", default=["vae", "ae", "deep_ae"])
-    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--data-dir", default="data")
     parser.add_argument(
         "--devices",
         nargs="+",
@@ -246,17 +268,20 @@ def main() -> None:
         for model in args.models
     ]
     table = Table(title=f"Training throughput, samples/s (batch {args.batch_size})")
-    for column in ("model", "device", "(a) lightning", "(b) tutorial", "(c) bare", "a/c", "a/b"):
+    columns = ("model", "device", "(a) lightning", "(a') plain", "(b) tutorial", "(c) bare")
+    for column in (*columns, "a/c", "a/b", "a/a'"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
             r["model"],
             r["device"],
             f"{r['lightning_samples_per_s']:,.0f}",
+            f"{r['plain_samples_per_s']:,.0f}",
             f"{r['tutorial_samples_per_s']:,.0f}",
             f"{r['bare_samples_per_s']:,.0f}",
             f"{r['lightning_vs_bare']:.2f}x",
             f"{r['lightning_vs_tutorial']:.2f}x",
+            f"{r['speedups_gain']:.2f}x",
         )
     console = Console()
     console.print(table)

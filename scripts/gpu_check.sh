@@ -71,7 +71,7 @@ while (($#)); do
 done
 [[ -n $DATA && -n $OUT ]] || die "--data DIR and --out DIR are needed (--help lists the options)"
 [[ $BUDGET_S =~ ^[0-9]+$ ]] || die "--budget-s takes whole seconds, not '$BUDGET_S'"
-ls "$DATA"/MNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1 ||
+compgen -G "$DATA/MNIST/raw/train-images-idx3-ubyte*" >/dev/null ||
     die "--data $DATA has no MNIST/raw/train-images-idx3-ubyte[.gz]; this check downloads nothing"
 [[ -z $WHEELS || -f $WHEELS/requirements.txt ]] ||
     die "--wheels $WHEELS has no requirements.txt (scripts/gpu_wheels.sh makes the folder)"
@@ -96,6 +96,8 @@ mkdir -p "$STATE"
 export PYTHONUNBUFFERED=1
 MIN_STEP_S=20
 SKIP="" # once set (no CUDA, a failed install), every later step is recorded as skipped with it
+NOT_READY="" # set before one step: why that step cannot run
+FATAL="" # why the check could not run (no CUDA, aelab does not import): the exit status is 1
 
 if ((CPU)); then
     MODE=cpu
@@ -125,19 +127,23 @@ record() { # NAME KIND STATUS RC START END RUN_DIR COMMAND
 }
 
 # run_step NAME KIND CAP_S RUN_DIR CMD...: run CMD under a timeout of CAP_S (at most the budget
-# left), its output into the log, and record it (KIND says how the JSON reads its figures).
+# left), its output into the log, and record it (KIND says how the JSON reads its figures);
+# or record why it did not run: SKIP, the budget, or NOT_READY (this step's own reason).
 run_step() {
     local name=$1 kind=$2 cap=$3 run_dir=$4
     shift 4
-    local cmd="$*" left=$((BUDGET_S - SECONDS))
+    local cmd="$*" left=$((BUDGET_S - SECONDS)) why_not="" note=""
     if [[ -n $SKIP ]]; then
-        say "$name: $SKIP"
-        record "$name" "$kind" "$SKIP" "" "" "" "$run_dir" "$cmd"
-        return
+        why_not=$SKIP
+    elif ((left < MIN_STEP_S)); then
+        why_not="skipped: budget" note=" ($left s of $BUDGET_S s left)"
+    elif [[ -n $NOT_READY ]]; then
+        why_not=$NOT_READY
     fi
-    if ((left < MIN_STEP_S)); then
-        say "$name: skipped: budget (${left} s of ${BUDGET_S} s left)"
-        record "$name" "$kind" "skipped: budget" "" "" "" "$run_dir" "$cmd"
+    NOT_READY=""
+    if [[ -n $why_not ]]; then
+        say "$name: $why_not$note"
+        record "$name" "$kind" "$why_not" "" "" "" "$run_dir" "$cmd"
         return
     fi
     local limit=$((cap < left ? cap : left)) rc=0 start end status=ran
@@ -235,11 +241,14 @@ print(json.dumps(info, indent=2))
 sys.exit(3 if mode == "gpu" and info["gpu"] is None else 0)
 EOF
 if ((rc == 3)); then
-    SKIP="skipped: torch sees no CUDA device (--cpu checks the CPU)"
+    FATAL="torch sees no CUDA device (--cpu checks the CPU)"
 elif ((rc != 0)); then
-    SKIP=${SKIP:-"skipped: aelab, Hydra or torch does not import (see gpu_check.log)"}
+    FATAL="aelab, Hydra or torch does not import with $PY (see gpu_check.log)"
 fi
-[[ -z $SKIP ]] || say "$SKIP"
+if [[ -n $FATAL ]]; then
+    say "error: $FATAL"
+    SKIP=${SKIP:-"skipped: $FATAL"}
+fi
 
 train_step fp32 90 "${TRAINER[@]}"
 train_step bf16 90 "${TRAINER[@]}" trainer.precision=bf16-mixed
@@ -247,14 +256,17 @@ train_step on_device_true 90 "${TRAINER[@]}" data.on_device=true
 train_step on_device_false 90 "${TRAINER[@]}" data.on_device=false
 train_step compile 150 "${TRAINER[@]}" model.compile=true
 
-ckpt=$(ls "$RUNS"/fp32/checkpoints/epoch_*.ckpt 2>/dev/null | tail -n1 || true)
-if [[ -z $ckpt && -z $SKIP ]]; then
-    say "eval: skipped: the fp32 run left no checkpoint"
-    record eval eval "skipped: the fp32 run left no checkpoint" "" "" "" "$RUNS/eval" ""
+shopt -s nullglob
+ckpts=("$RUNS"/fp32/checkpoints/epoch_*.ckpt) # the best by val/loss (save_top_k: 1)
+shopt -u nullglob
+ckpt=""
+if ((${#ckpts[@]})); then
+    ckpt=${ckpts[-1]}
 else
-    run_step eval eval 120 "$RUNS/eval" "$PY" -m aelab.eval "ckpt_path=$ckpt" "${EVAL[@]}" \
-        "logger=[tensorboard,csv]" "hydra.run.dir=$RUNS/eval"
+    NOT_READY="skipped: the fp32 run left no checkpoint"
 fi
+run_step eval eval 120 "$RUNS/eval" "$PY" -m aelab.eval "ckpt_path=$ckpt" "${EVAL[@]}" \
+    "logger=[tensorboard,csv]" "hydra.run.dir=$RUNS/eval"
 
 # DDP before the benchmark: the benchmark is the longest step, so the budget cuts it first.
 train_step ddp 90 "${DDP[@]}"
@@ -264,10 +276,12 @@ run_step benchmark benchmark 180 "$OUT" "$PY" scripts/benchmark.py "${BENCH[@]}"
 # The JSON: the machine, and each step with the figures it left; prints a summary and exits 0
 # (every step ok), 1 (a step failed) or 3 (none failed, some skipped).
 rc=0
-"$PY" - "$STATE" "$OUT" "$MODE" "$BUDGET_S" "$SECONDS" "${EXTRA[@]}" <<'EOF' 2>&1 | tee -a "$LOG" || rc=$?
+args=("$STATE" "$OUT" "$MODE" "$BUDGET_S" "$SECONDS" "${EXTRA[@]}")
+FATAL=$FATAL "$PY" - "${args[@]}" <<'EOF' 2>&1 | tee -a "$LOG" || rc=$?
 import csv
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -351,9 +365,11 @@ with open(state / "steps.tsv") as f:
         steps[name] = step
 
 statuses = [s["status"] for s in steps.values()]
-ok = all(s == "ok" for s in statuses)
+fatal = os.environ.get("FATAL") or None
+ok = not fatal and all(s == "ok" for s in statuses)
 report = {
     "ok": ok,
+    "error": fatal,
     "check": {"mode": mode, "budget_s": int(budget), "seconds": int(seconds), "overrides": overrides},
     "machine": json.loads((state / "machine.json").read_text()),
     "steps": steps,
@@ -377,6 +393,8 @@ for name, step in steps.items():
     took = f"{step['seconds']:.1f} s" if step["seconds"] is not None else "-"
     print(f"  {name:16} {step['status']:24} {took:>8}  {', '.join(shown)}")
 print(f"wrote {out / 'gpu_check.json'} and {out / 'gpu_check.log'}")
-sys.exit(0 if ok else 1 if any(s.startswith("failed") for s in statuses) else 3)
+if fatal:
+    print(f"error: {fatal}")
+sys.exit(0 if ok else 1 if fatal or any(s.startswith("failed") for s in statuses) else 3)
 EOF
 exit "$rc"

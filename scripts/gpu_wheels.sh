@@ -62,7 +62,7 @@ for dep in deps:
     if name not in {"torch", "torchvision", "lightning"}:
         print(dep)
 EOF
-echo "requirements ($DIR/requirements.txt):" $(cat "$DIR/requirements.txt")
+echo "requirements ($DIR/requirements.txt): $(tr '\n' ' ' <"$DIR/requirements.txt")"
 
 echo "building wheels of source-only packages: ${SDIST_ONLY[*]}"
 "$PY" -m pip wheel --quiet --no-deps -w "$DIR" "${SDIST_ONLY[@]}"
@@ -106,13 +106,14 @@ for name, item in sorted(resolved.items()):
         print(f"{item['metadata']['name']}=={item['metadata']['version']}")
 EOF
 
-echo "downloading" $(wc -l <"$TMP/fetch.txt") "packages into $DIR"
+echo "downloading $(wc -l <"$TMP/fetch.txt") packages into $DIR"
 "$PY" -m pip download --quiet --no-deps --find-links "$DIR" -d "$DIR" "${TARGET[@]}" \
     -r "$TMP/fetch.txt"
 
 ls -l "$DIR"
 size_kib=$(du -sk "$DIR" | cut -f1)
-echo "total: $((size_kib / 1024)) MiB ($size_kib KiB) in $(ls "$DIR"/*.whl | wc -l) wheels"
+wheels=("$DIR"/*.whl)
+echo "total: $((size_kib / 1024)) MiB ($size_kib KiB) in ${#wheels[@]} wheels"
 if ((size_kib > MAX_MIB * 1024)); then
     echo "error: $DIR is over $MAX_MIB MiB; the GPU machine takes 64 MiB with the repository" >&2
     exit 1

@@ -114,3 +114,25 @@ def run_python(*args: str, env: dict | None = None, timeout: int = 600, cwd: Pat
 def run_train(*args: str, env: dict | None = None, timeout: int = 600):
     """`python train.py ARGS`."""
     return run_python("train.py", *args, env=env, timeout=timeout)
+
+
+def short_run(compose_cfg, data_dir: Path, tmp_path: Path, *overrides: str):
+    """The model, datamodule and Trainer that `train.py` builds (speed-ups included), for a fit
+    of a few batches."""
+    from hydra.utils import instantiate
+
+    from aelab import speedups
+    from aelab.train import instantiate_all, make_trainer
+
+    cfg = compose_cfg(
+        *small_run_overrides(data_dir),
+        "++trainer.num_sanity_val_steps=0",
+        *overrides,
+        output_dir=tmp_path,
+    )
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+    trainer = make_trainer(cfg, loggers=instantiate_all(cfg.logger))
+    if cfg.speedups:
+        speedups.apply(trainer, model)
+    return model, datamodule, trainer

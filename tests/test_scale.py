@@ -4,10 +4,8 @@ import importlib.util
 import json
 import math
 import os
-import re
 import socket
 import sys
-from contextlib import nullcontext
 from datetime import timedelta
 from functools import partial
 from types import SimpleNamespace
@@ -16,29 +14,24 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
-from aelab.callbacks.hooks import BATCH_HOOKS
-from aelab.profiler import NoProfiler
-from conftest import REPO, VAL_SIZE, run_python, run_train, small_run_overrides
-from hydra.utils import instantiate
+from conftest import REPO, VAL_SIZE, run_python, run_train, short_run, small_run_overrides
 from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.profilers import SimpleProfiler
 
 from aelab.callbacks import DivergenceGuard, ProgressBar
 from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
 from aelab.errors import TrainingDiverged
 from aelab.models import VAE, Autoencoder
-from aelab.models.base import HOOK_NAME_ATTRIBUTE
-from aelab.train import NVML_CHECK, instantiate_all, make_trainer, skip_nvml_probe_without_cuda
+
+MLP32 = {"_target_": "aelab.nets.MLP", "hidden_dims": [32]}
 
 
 def _write_shard(rank: int, world: int, folder) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world
     )
-    sampler = BatchIndices(1003, 32, shuffle=True, seed=7)
     for epoch in (0, 1):
-        sampler.set_epoch(epoch)
+        sampler = BatchIndices(1003, 32, shuffle=True, seed=7, epoch=lambda e=epoch: e)
         torch.save(torch.cat(list(sampler)), folder / f"epoch{epoch}_rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -114,7 +107,7 @@ def _ddp_rank(rank: int, port: int, data_dir, folder) -> None:
     report = {}
     for nan_step in (None, 2):
         model = _DivergesOnRankOne(
-            (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam)
+            (1, 28, 28), latent_dim=4, net=MLP32, optimizer=partial(torch.optim.Adam)
         )
         model.nan_step = nan_step
         local = _LocalLosses()
@@ -187,20 +180,16 @@ def _fit(model: L.LightningModule, data_dir, batch_size: int = 64, **trainer_kwa
 def test_compile_trains_on_cpu(data_dir):
     torch._dynamo.reset()
     optimizer = partial(torch.optim.Adam, lr=1e-3)
-    model = Autoencoder(
-        (1, 28, 28), latent_dim=8, hidden_dims=[32], optimizer=optimizer, compile=True
-    )
+    model = Autoencoder((1, 28, 28), latent_dim=8, net=MLP32, optimizer=optimizer, compile=True)
     trainer = _fit(model, data_dir)
-    assert model.encoder._compiled_call_impl is not None
+    assert model.net._compiled_call_impl is not None
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
     assert not any("_orig_mod" in key for key in model.state_dict())
 
 
 def test_bf16_mixed_trains_on_cpu(data_dir):
-    model = VAE(
-        (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
-    )
+    model = VAE((1, 28, 28), latent_dim=4, net=MLP32, optimizer=partial(torch.optim.Adam, lr=1e-3))
     trainer = _fit(model, data_dir, precision="bf16-mixed")
     assert trainer.precision == "bf16-mixed"
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
@@ -208,9 +197,7 @@ def test_bf16_mixed_trains_on_cpu(data_dir):
 
 def _fit_tiny_vae_with_bar(bar: ProgressBar, data_dir, tmp_path, **trainer_kwargs):
     """A 784-32-4 VAE fitted on the synthetic MNIST with `bar` as its progress bar."""
-    model = VAE(
-        (1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=partial(torch.optim.Adam, lr=1e-3)
-    )
+    model = VAE((1, 28, 28), latent_dim=4, net=MLP32, optimizer=partial(torch.optim.Adam, lr=1e-3))
     trainer = _fit(
         model,
         data_dir,
@@ -253,8 +240,9 @@ def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, mon
 
 @pytest.mark.parametrize("terminal", [False, True])
 def test_progress_bar_logs_a_line_per_epoch_where_it_cannot_draw(
-    terminal, data_dir, tmp_path, caplog
+    terminal, data_dir, tmp_path, caplog, monkeypatch
 ):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
     bar = ProgressBar(console_kwargs={"force_terminal": terminal})
     with caplog.at_level("INFO", logger="aelab.callbacks.progress"):
         trainer, _ = _fit_tiny_vae_with_bar(
@@ -322,25 +310,12 @@ class _HostReads(L.Callback):
     on_validation_start = on_validation_epoch_end = on_train_epoch_end = _stop
 
 
-def _short_run(compose_cfg, data_dir, tmp_path, *overrides: str):
-    """The model, datamodule and Trainer that `train.py` builds, for a fit of a few batches."""
-    cfg = compose_cfg(
-        *small_run_overrides(data_dir),
-        "++trainer.num_sanity_val_steps=0",
-        *overrides,
-        output_dir=tmp_path,
-    )
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
-    return model, datamodule, make_trainer(cfg, loggers=instantiate_all(cfg.logger))
-
-
 def test_training_reads_values_back_only_on_logging_steps(
     compose_cfg, data_dir, tmp_path, monkeypatch
 ):
     """The promise behind GPU throughput: no host sync per step, only every
     `trainer.log_every_n_steps` steps (logging, the divergence check) and at an epoch's end."""
-    model, datamodule, trainer = _short_run(
+    model, datamodule, trainer = short_run(
         compose_cfg,
         data_dir,
         tmp_path,
@@ -366,98 +341,8 @@ def test_training_reads_values_back_only_on_logging_steps(
     assert [val[i] for i in (0, 1, 3, 4)] == [0] * 4, val
 
 
-def test_trainer_profiles_for_free_unless_asked(compose_cfg, data_dir, tmp_path):
-    overrides = [*small_run_overrides(data_dir), "logger=none"]
-    trainer = make_trainer(compose_cfg(*overrides, output_dir=tmp_path), loggers=[])
-    assert isinstance(trainer.profiler, NoProfiler)
-    # one shared no-op context for every hook call, not a generator built per call
-    assert trainer.profiler.profile("on_train_batch_start") is trainer.profiler.profile("x")
-    asked = compose_cfg(*overrides, "trainer.profiler=simple", output_dir=tmp_path)
-    assert isinstance(make_trainer(asked, loggers=[]).profiler, SimpleProfiler)
-
-
-def test_callbacks_are_called_at_batches_only_for_hooks_they_define(
-    compose_cfg, data_dir, tmp_path, monkeypatch
-):
-    """Lightning labels every callback hook it calls for the profiler: the labels of a short
-    fit show which per-batch hooks it still calls."""
-    labels = []
-    monkeypatch.setattr(
-        NoProfiler, "profile", lambda self, name: labels.append(name) or nullcontext()
-    )
-    model, datamodule, trainer = _short_run(
-        compose_cfg,
-        data_dir,
-        tmp_path,
-        "logger=none",
-        "trainer.max_epochs=1",
-        "++trainer.limit_train_batches=3",
-        "++trainer.limit_val_batches=2",
-    )
-    trainer.fit(model, datamodule=datamodule)
-
-    by_name = {type(callback).__name__: type(callback) for callback in trainer.callbacks}
-    assert {"DivergenceGuard", "ImageGrids", "ModelCheckpoint", "ProgressBar"} <= set(by_name)
-    called = [re.fullmatch(r"\[Callback\](\w+).*\.(\w+)", label) for label in labels]
-    at_batches = [m.groups() for m in called if m and m[2] in BATCH_HOOKS]
-    defined = {
-        (name, hook)
-        for name, cls in by_name.items()
-        for hook in BATCH_HOOKS
-        if getattr(cls, hook) is not getattr(L.Callback, hook)
-    }
-    assert set(at_batches) <= defined, set(at_batches) - defined
-    assert at_batches.count(("DivergenceGuard", "on_train_batch_end")) == 3
-    assert at_batches.count(("ModelCheckpoint", "on_train_batch_end")) == 3
-    # the other four training-step hooks are defined by none of them, and no longer called
-    assert {hook for _, hook in at_batches} & set(BATCH_HOOKS[1:5]) == set()
-
-
-class _HookNames(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self.seen = pl_module._current_fx_name
-
-
-def test_lightning_names_each_hook_without_module_attribute_checks(data_dir, monkeypatch):
-    """Lightning stores the running hook's name on the module around every hook call (and
-    `self.log` checks it); our modules store it directly, not through nn.Module.__setattr__."""
-    checked = []
-    module_setattr = torch.nn.Module.__setattr__
-
-    def counting_setattr(module, name, value):
-        checked.append(name)
-        module_setattr(module, name, value)
-
-    model = VAE((1, 28, 28), latent_dim=4, hidden_dims=[32], optimizer=torch.optim.Adam)
-    monkeypatch.setattr(torch.nn.Module, "__setattr__", counting_setattr)
-    names = _HookNames()
-    trainer = _fit(model, data_dir, callbacks=[names])
-    assert names.seen == "on_train_batch_start"
-    assert "val/loss" in trainer.callback_metrics  # `self.log` still knows where it is called
-    assert HOOK_NAME_ATTRIBUTE not in checked
-    model.extra = torch.nn.Linear(2, 2)  # other attributes still go through nn.Module
-    assert checked[-1] == "extra" and "extra" in model._modules
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the probe is kept where there is CUDA")
-def test_adam_steps_without_probing_for_nvml_where_there_is_no_cuda(monkeypatch):
-    monkeypatch.setenv(NVML_CHECK, "1")  # as `import lightning` leaves it
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    probes = []
-    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: probes.append(1) or -1)
-    param = torch.nn.Parameter(torch.zeros(3))
-    param.grad = torch.ones(3)
-    optimizer = torch.optim.Adam([param])
-    optimizer.step()
-    assert probes  # what every step cost before
-    skip_nvml_probe_without_cuda()  # probes once
-    probes.clear()
-    optimizer.step()
-    assert not probes and NVML_CHECK not in os.environ
-
-
 @pytest.mark.slow
-def test_benchmark_times_the_four_loops_and_writes_json(data_dir, tmp_path):
+def test_benchmark_times_the_five_loops_and_writes_json(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     result = run_python(
         str(REPO / "scripts" / "benchmark.py"),
@@ -476,18 +361,20 @@ def test_benchmark_times_the_four_loops_and_writes_json(data_dir, tmp_path):
     assert report["meta"]["overrides"] == [f"data.val_size={VAL_SIZE}", "model.latent_dim=3"]
     (row,) = report["results"]
     assert row["device"] == "cpu"
-    names = ("lightning", "tutorial", "bare", "lightning_alone")
+    names = ("lightning", "tutorial", "bare", "lightning_alone", "plain")
     speeds = [row[f"{name}_samples_per_s"] for name in names]
     assert all(speed > 0 for speed in speeds)
     assert row["lightning_vs_bare"] == pytest.approx(speeds[0] / speeds[2])
     assert row["lightning_vs_tutorial"] == pytest.approx(speeds[0] / speeds[1])
     assert row["alone_vs_bare"] == pytest.approx(speeds[3] / speeds[2])
+    assert row["speedups_gain"] == pytest.approx(speeds[0] / speeds[4])
+    assert "a/a'" in result.stdout
     step_ms = [1e3 * 64 / speed for speed in speeds]  # batch 64
     assert row["lightning_extra_ms_per_step"] == pytest.approx(step_ms[0] - step_ms[2])
     assert row["template_extra_ms_per_step"] == pytest.approx(step_ms[0] - step_ms[3])
     assert row["bare_median_samples_per_s"] <= row["bare_samples_per_s"]
     assert len(row["lightning_vs_bare_per_round"]) == 2
-    assert row["first_per_round"] == ["lightning", "bare"]  # (a), (c) and (d) take turns
+    assert row["first_per_round"] == ["lightning", "bare"]  # (a), (c), (d), (a') take turns
     # best a / best c lies between the rounds' own ratios
     per_round = row["lightning_vs_bare_per_round"]
     assert min(per_round) <= row["lightning_vs_bare"] * (1 + 1e-9)
@@ -511,6 +398,9 @@ def test_benchmark_times_lightning_alone_without_callbacks_logger_or_bar(data_di
     assert not alone.trainer.enable_model_summary
     assert {"model_checkpoint", "progress_bar", "epoch_timer"} <= set(full.callbacks)
     assert full.logger and alone.model == full.model and alone.data == full.data
+    plain = benchmark._config("vae", args, epochs=1, out=".", plain=True)
+    assert plain.speedups is False and full.speedups is True
+    assert plain.callbacks == full.callbacks and plain.model == full.model
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is there")

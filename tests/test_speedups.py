@@ -1,0 +1,135 @@
+"""aelab.speedups: each workaround of Lightning's per-step costs still works with the installed
+Lightning (a test fails loudly when an upgrade changes what it relies on), and
+`speedups=false` trains as plain Lightning does."""
+
+import os
+import re
+from contextlib import nullcontext
+
+import lightning as L
+import pytest
+import torch
+from conftest import short_run, small_run_overrides
+from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
+from test_scale import MLP32, _fit
+
+from aelab.models import VAE
+from aelab.speedups import (
+    BATCH_HOOKS,
+    HOOK_NAME_ATTRIBUTE,
+    NVML_CHECK,
+    NoProfiler,
+    skip_hook_name_checks,
+    skip_nvml_probe_without_cuda,
+)
+from aelab.train import make_trainer
+
+
+def test_trainer_profiles_for_free_unless_asked(compose_cfg, data_dir, tmp_path):
+    overrides = [*small_run_overrides(data_dir), "logger=none"]
+    trainer = make_trainer(compose_cfg(*overrides, output_dir=tmp_path), loggers=[])
+    assert isinstance(trainer.profiler, NoProfiler)
+    # one shared no-op context for every hook call, not a generator built per call
+    assert trainer.profiler.profile("on_train_batch_start") is trainer.profiler.profile("x")
+    asked = compose_cfg(*overrides, "trainer.profiler=simple", output_dir=tmp_path)
+    assert isinstance(make_trainer(asked, loggers=[]).profiler, SimpleProfiler)
+
+
+def test_callbacks_are_called_at_batches_only_for_hooks_they_define(
+    compose_cfg, data_dir, tmp_path, monkeypatch
+):
+    """Lightning labels every callback hook it calls for the profiler: the labels of a short
+    fit show which per-batch hooks it still calls."""
+    labels = []
+    monkeypatch.setattr(
+        NoProfiler, "profile", lambda self, name: labels.append(name) or nullcontext()
+    )
+    model, datamodule, trainer = short_run(
+        compose_cfg,
+        data_dir,
+        tmp_path,
+        "logger=none",
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=3",
+        "++trainer.limit_val_batches=2",
+    )
+    trainer.fit(model, datamodule=datamodule)
+
+    by_name = {type(callback).__name__: type(callback) for callback in trainer.callbacks}
+    assert {"DivergenceGuard", "ImageGrids", "ModelCheckpoint", "ProgressBar"} <= set(by_name)
+    called = [re.fullmatch(r"\[Callback\](\w+).*\.(\w+)", label) for label in labels]
+    at_batches = [m.groups() for m in called if m and m[2] in BATCH_HOOKS]
+    defined = {
+        (name, hook)
+        for name, cls in by_name.items()
+        for hook in BATCH_HOOKS
+        if getattr(cls, hook) is not getattr(L.Callback, hook)
+    }
+    assert set(at_batches) <= defined, set(at_batches) - defined
+    assert at_batches.count(("DivergenceGuard", "on_train_batch_end")) == 3
+    assert at_batches.count(("ModelCheckpoint", "on_train_batch_end")) == 3
+    # the other four training-step hooks are defined by none of them, and no longer called
+    assert {hook for _, hook in at_batches} & set(BATCH_HOOKS[1:5]) == set()
+
+
+class _HookNames(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.seen = pl_module._current_fx_name
+
+
+def test_lightning_names_each_hook_without_module_attribute_checks(data_dir, monkeypatch):
+    """Lightning stores the running hook's name on the module around every hook call (and
+    `self.log` checks it); our modules store it directly, not through nn.Module.__setattr__."""
+    checked = []
+    module_setattr = torch.nn.Module.__setattr__
+
+    def counting_setattr(module, name, value):
+        checked.append(name)
+        module_setattr(module, name, value)
+
+    model = VAE((1, 28, 28), latent_dim=4, net=MLP32, optimizer=torch.optim.Adam)
+    skip_hook_name_checks(model)
+    assert type(model).__name__ == "VAE" and isinstance(model, VAE)
+    monkeypatch.setattr(torch.nn.Module, "__setattr__", counting_setattr)
+    names = _HookNames()
+    trainer = _fit(model, data_dir, callbacks=[names])
+    assert names.seen == "on_train_batch_start"
+    assert "val/loss" in trainer.callback_metrics  # `self.log` still knows where it is called
+    assert HOOK_NAME_ATTRIBUTE not in checked
+    model.extra = torch.nn.Linear(2, 2)  # other attributes still go through nn.Module
+    assert checked[-1] == "extra" and "extra" in model._modules
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the probe is kept where there is CUDA")
+def test_adam_steps_without_probing_for_nvml_where_there_is_no_cuda(monkeypatch):
+    monkeypatch.setenv(NVML_CHECK, "1")  # as `import lightning` leaves it
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    probes = []
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: probes.append(1) or -1)
+    param = torch.nn.Parameter(torch.zeros(3))
+    param.grad = torch.ones(3)
+    optimizer = torch.optim.Adam([param])
+    optimizer.step()
+    assert probes  # what every step cost before
+    skip_nvml_probe_without_cuda()  # probes once
+    probes.clear()
+    optimizer.step()
+    assert not probes and NVML_CHECK not in os.environ
+
+
+def test_speedups_false_trains_as_plain_lightning(compose_cfg, data_dir, tmp_path):
+    model, datamodule, trainer = short_run(
+        compose_cfg,
+        data_dir,
+        tmp_path,
+        "speedups=false",
+        "logger=none",
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=1",
+    )
+    assert type(trainer.profiler) is PassThroughProfiler
+    assert type(model) is VAE and "__setattr__" not in vars(type(model))
+    assert all(callable(getattr(c, hook)) for c in trainer.callbacks for hook in BATCH_HOOKS)
+    trainer.fit(model, datamodule=datamodule)
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
