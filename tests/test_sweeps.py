@@ -40,6 +40,9 @@ def test_grid_runs_every_combination_in_its_own_folder(data_dir, tmp_path):
     ]
     assert all(r["status"] == "ok" and float(r["val/loss"]) > 0 for r in rows)
     assert rows[2]["val/kl"] and not rows[0]["val/kl"]
+    # the validation metrics of each job's tested (best) checkpoint, from the epoch named
+    assert all(r["best_epoch"] in {"0", "1"} for r in rows)
+    assert all(len(r["val/loss"].replace(".", "").lstrip("0")) >= 4 for r in rows), rows
     for job in range(4):
         assert list((tmp_path / str(job) / "tensorboard").glob("events.*"))
     assert "4 jobs in" in result.stdout
@@ -63,7 +66,7 @@ def test_optuna_search(data_dir, tmp_path):
     assert set(best["best_params"]) == {
         "model.optimizer.lr",
         "model.latent_dim",
-        "model.hidden_dims.0",
+        "model.net.hidden_dims.0",
     }
     assert best["best_value"] == pytest.approx(min(float(r["val/loss"]) for r in rows), rel=1e-5)
     assert "Best parameters" in result.stdout + result.stderr
@@ -110,7 +113,7 @@ def test_experiments_match_the_tutorials(compose_cfg):
     vae = compose_cfg("experiment=vae_mnist")
     assert vae.trainer.max_epochs == 15 and vae.data.batch_size == 128
     tanh = compose_cfg("experiment=tanh_ae_3d")
-    assert (tanh.model.activation, tanh.model.optimizer.lr, tanh.model.latent_dim) == (
+    assert (tanh.model.net.activation, tanh.model.optimizer.lr, tanh.model.latent_dim) == (
         "tanh",
         5e-3,
         3,

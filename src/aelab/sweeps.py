@@ -41,7 +41,7 @@ def number(value: float) -> str:
     so that losses of 0.0025 and 0.0026 stay apart; whole numbers (epochs) as they are."""
     if value == int(value) and abs(value) < 1e9:
         return str(int(value))
-    return f"{value:.4f}" if abs(value) >= 1 else f"{value:.4g}"
+    return f"{value:.4f}" if abs(value) >= 1 else f"{value:#.4g}"
 
 
 def run_sweep_job(
