@@ -412,3 +412,107 @@ def test_benchmark_refuses_a_gpu_that_is_not_there(data_dir, tmp_path):
     assert result.returncode == 2
     assert "--devices cuda: torch sees no CUDA device" in result.stderr.splitlines()[-1]
     assert not (tmp_path / "b.json").exists()
+
+
+def _torchrun(*args: str, log_dir, data_dir, extra=(), timeout=600):
+    """`torchrun ARGS train.py ...` (as `python -m torch.distributed.run`), without a run folder
+    given: the processes must agree on one themselves."""
+    import subprocess
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *args,
+        "train.py",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        *small_run_overrides(data_dir),
+        f"paths.log_dir={log_dir}",
+        "callbacks.progress_bar=null",
+        *extra,
+    ]
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _one_run_folder(log_dir):
+    (run,) = (log_dir / "train" / "runs").iterdir()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_000.ckpt",
+        "last.ckpt",
+    ]
+    # every event file is rank 0's: events.out.tfevents.<time>.<host>.<pid>.<n>
+    writers = {p.name.split(".")[-2] for p in (run / "tensorboard").glob("events.*")}
+    assert len(writers) == 1, writers
+    return run
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_into_one_run_folder(data_dir, tmp_path):
+    process = _torchrun("--nproc-per-node", "2", log_dir=tmp_path / "logs", data_dir=data_dir)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output[-3000:]
+    assert "MEMBER: 2/2" in output
+    _one_run_folder(tmp_path / "logs")
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_train_into_one_run_folder(data_dir, tmp_path):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    nodes = [
+        _torchrun(
+            *("--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1"),
+            *("--master-addr", "127.0.0.1", "--master-port", str(port)),
+            log_dir=tmp_path / "logs",
+            data_dir=data_dir,
+            extra=["trainer.devices=1", "trainer.num_nodes=2"],
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
+    _one_run_folder(tmp_path / "logs")
+
+
+def test_torchrun_processes_take_rank_zeros_run_stamp(monkeypatch):
+    """Processes that compose their config in different seconds still name one folder."""
+    from aelab import config
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(store.port))
+    stamps = []
+    for rank, now in [("0", "2026-01-01_00-00-00"), ("1", "2026-01-01_00-00-07")]:
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setattr(config.time, "strftime", lambda fmt, now=now: now)
+        config.run_stamp.cache_clear()
+        stamps.append(config.run_stamp())
+    config.run_stamp.cache_clear()
+    assert stamps == ["2026-01-01_00-00-00"] * 2
+
+
+def test_only_local_rank_zero_fetches_the_data(tmp_path, monkeypatch):
+    """The node's other processes wait for complete files and never download or repair them."""
+    from conftest import write_dataset
+
+    from aelab.train import fetch_data
+
+    dm = ImageDataModule("mnist", str(tmp_path), val_size=128, system_dirs=[])
+    monkeypatch.setattr(ImageDataModule, "prepare_data", lambda self: pytest.fail("fetched"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    waits = []
+
+    def sleep(seconds):  # rank 0 finishes the download while this rank waits
+        waits.append(seconds)
+        write_dataset(tmp_path / "MNIST" / "raw")
+
+    monkeypatch.setattr("aelab.data.datamodule.time.sleep", sleep)
+    fetch_data(dm)
+    assert len(waits) == 1 and dm.image_shape == (1, 28, 28)

@@ -1,0 +1,73 @@
+"""The package as a user gets it from an index: a wheel, installed without `-e`, run from a
+folder that has nothing to do with this repository."""
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from conftest import REPO, small_run_overrides
+
+
+@pytest.mark.slow
+def test_a_wheel_installed_without_e_trains_from_an_unrelated_folder(data_dir, tmp_path):
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = wheels.glob("aelab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"aelab/configs/train.yaml", "aelab/configs/model/vae.yaml"} <= names
+    assert "aelab/configs/net/mlp.yaml" in names and "aelab/configs/hydra/default.yaml" in names
+
+    # a fresh environment that sees this one's packages (torch is not installed again) but
+    # holds its own, non-editable aelab, which comes first on its path
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run(
+        [python, "-c", "import aelab; print(aelab.__file__)"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.startswith(str(venv)), where.stdout + where.stderr
+
+    result = subprocess.run(
+        [
+            venv / "bin" / "aelab-train",
+            "model=ae",
+            "data=mnist",
+            "trainer.max_epochs=1",
+            *small_run_overrides(data_dir),
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (elsewhere / "logs" / "train" / "runs").iterdir()
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+    assert not (elsewhere / "data").exists()  # paths.data_dir was given
