@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
-# Check aelab's GPU paths in one command on a lent GPU machine: short VAE runs on MNIST in fp32,
-# in bf16-mixed, with the data on and off the GPU, compiled, and with DDP on one GPU; the eval of
-# the fp32 run's best checkpoint (test/nll_iw with 5000 importance samples); and
-# scripts/benchmark.py. Each step is timed, has a timeout and logs to OUT/gpu_check.log;
-# OUT/gpu_check.json holds the machine (GPU, torch, Lightning, date) and, per step, the command,
-# rc, seconds, status and figures: test/* and samples/s of the training runs (from each run's
-# csv/metrics.csv and train.log), the eval's test/* (its csv/metrics.csv), the benchmark's
-# samples/s (bench.json). A step is "ok" only with rc 0 and a finite test/loss (test/nll_iw for
-# the eval).
+# Check aelab's GPU paths in one command on a lent GPU machine, each step timed, under a timeout,
+# logged to OUT/gpu_check.log: VAE runs on MNIST (2 epochs) in fp32 and bf16-mixed, with the data
+# on and off the GPU (data.on_device=true|false), with model.compile=true; the eval of the fp32
+# run's best checkpoint (test/nll_iw, 5000 importance samples); a one-GPU DDP run; and
+# scripts/benchmark.py (last: the longest, so the budget cuts it first). OUT/gpu_check.json holds
+# the machine (GPU, torch, Lightning, date) and per step the command, rc, seconds, status and
+# figures: test/* and val/* of each training run (its csv/metrics.csv) and its samples/s (its
+# train.log: the last epoch's steps x batch size / seconds, validation included), the eval's test/*
+# (its csv/metrics.csv), the benchmark's samples/s (bench.json). A step is "ok" with rc 0 and a
+# finite test/loss (test/nll_iw for the eval).
 #
-# On the GPU machine, which has torch and Lightning but no network, with the wheels that
+# On the GPU machine (torch and Lightning there, no network), with the wheels that
 # `bash scripts/gpu_wheels.sh wheels` downloaded here:
 #
 #   bash scripts/gpu_check.sh --data /path/to/data --out "$OUT" --wheels wheels
 #
-# (through the device tool, add `--runs /tmp/gpu_check_runs`: only 8 files of $OUT come back).
+# Through the device tool add `--runs /tmp/gpu_check_runs`: only 8 files of $OUT come back.
 # On the CPU, with a few batches per run (tests/test_gpu_check.py runs this):
 #
 #   bash scripts/gpu_check.sh --cpu --data data --out /tmp/gpu_check
 #
 # Options:
-#   --data DIR     holds MNIST/raw/ (torchvision's layout); nothing is downloaded
+#   --data DIR     holds MNIST/raw/ (torchvision's layout), unpacked or .gz only (11 MB to carry,
+#                  unpacked into RUNS/data); nothing is downloaded
 #   --out DIR      gets gpu_check.log, gpu_check.json and bench.json
 #   --runs DIR     the runs' folders, RUNS/fp32, RUNS/eval, ... (default OUT/runs)
 #   --wheels DIR   first install offline what DIR/requirements.txt names, then aelab itself (-e)
@@ -70,6 +72,7 @@ while (($#)); do
     shift
 done
 [[ -n $DATA && -n $OUT ]] || die "--data DIR and --out DIR are needed (--help lists the options)"
+command -v "$PY" >/dev/null || die "no $PY here: PYTHON=/path/to/python names another"
 [[ $BUDGET_S =~ ^[0-9]+$ ]] || die "--budget-s takes whole seconds, not '$BUDGET_S'"
 compgen -G "$DATA/MNIST/raw/train-images-idx3-ubyte*" >/dev/null ||
     die "--data $DATA has no MNIST/raw/train-images-idx3-ubyte[.gz]; this check downloads nothing"
@@ -88,7 +91,7 @@ cd "$REPO"
 LOG=$OUT/gpu_check.log
 STATE=$RUNS/.gpu_check # steps.tsv and machine.json, for the JSON at the end
 STEP_NAMES=(install fp32 bf16 on_device_true on_device_false compile eval ddp benchmark)
-rm -rf "$STATE" "$OUT/gpu_check.json" "$OUT/bench.json"
+rm -rf "$STATE" "$RUNS/data" "$OUT/gpu_check.json" "$OUT/bench.json"
 for name in "${STEP_NAMES[@]}"; do rm -rf "${RUNS:?}/$name"; done
 mkdir -p "$STATE"
 : >"$LOG"
@@ -117,7 +120,7 @@ else
 fi
 # csv: the metrics the JSON takes, from <run>/csv/metrics.csv; tensorboard: the default logger,
 # so that the image grids and latent pictures run on the GPU too
-COMMON=(model=vae data=mnist "paths.data_dir=$DATA" "logger=[tensorboard,csv]" "${SHORT[@]}")
+COMMON=(model=vae data=mnist "logger=[tensorboard,csv]" "${SHORT[@]}")
 
 say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 
@@ -164,10 +167,21 @@ train_step() { # NAME CAP_S OVERRIDES...: a training run in RUNS/NAME
     local name=$1 cap=$2
     shift 2
     run_step "$name" train "$cap" "$RUNS/$name" "$PY" train.py "${COMMON[@]}" "$@" \
-        "hydra.run.dir=$RUNS/$name" "${EXTRA[@]}"
+        "paths.data_dir=$DATA" "hydra.run.dir=$RUNS/$name" "${EXTRA[@]}"
 }
 
 say "gpu_check ($MODE): data $DATA, out $OUT, runs $RUNS, budget ${BUDGET_S} s, $PY"
+
+# aelab reads .gz files, but torchvision (the benchmark's tutorial loop) only unpacked ones:
+# .gz alone (11 MB, not 55, to carry to the GPU machine) are unpacked into RUNS/data.
+if [[ ! -f $DATA/MNIST/raw/train-images-idx3-ubyte ]]; then
+    mkdir -p "$RUNS/data/MNIST/raw"
+    for gz in "$DATA"/MNIST/raw/*.gz; do
+        gunzip -c "$gz" >"$RUNS/data/MNIST/raw/$(basename "${gz%.gz}")"
+    done
+    DATA=$RUNS/data
+    say "unpacked the .gz files into $DATA"
+fi
 
 if [[ -n $WHEELS ]]; then
     run_step install install 120 "" "$PY" -m pip install --no-index --find-links "$WHEELS" \
@@ -203,8 +217,9 @@ def version(name):
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            names = [line.split(":", 1)[1] for line in f if line.startswith("model name")]
+        return names[0].strip()
+    except (OSError, IndexError):
         return platform.processor() or platform.machine()
 
 
@@ -221,7 +236,7 @@ info |= {name: version(name) for name in ("torch", "lightning", "hydra-core", "o
 info["gpu"] = None
 try:
     import aelab
-    import aelab.config  # noqa: F401 (Hydra and OmegaConf)
+    import aelab.config  # imports Hydra and OmegaConf
 
     info["aelab"] = os.path.dirname(aelab.__file__)
     if mode == "gpu":
@@ -229,10 +244,11 @@ try:
 
         info |= {"torch": torch.__version__, "cuda": torch.version.cuda}
         if torch.cuda.is_available():
+            memory = torch.cuda.get_device_properties(0).total_memory
             info |= {
                 "gpu": torch.cuda.get_device_name(0),
                 "gpu_count": torch.cuda.device_count(),
-                "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+                "gpu_memory_gib": round(memory / 2**30, 1),
             }
 finally:
     with open(path, "w") as f:
@@ -350,7 +366,7 @@ with open(state / "steps.tsv") as f:
                     step["figures"] = csv_metrics(Path(run_dir) / "csv" / "metrics.csv")
                 elif kind == "benchmark":
                     step["figures"] = bench_figures(out / "bench.json")
-            except (OSError, KeyError, ValueError) as err:
+            except Exception as err:
                 step["figures_error"] = f"{type(err).__name__}: {err}"
             required = REQUIRED.get(kind)
             value = step["figures"].get(required) if required else None
@@ -367,13 +383,15 @@ with open(state / "steps.tsv") as f:
 statuses = [s["status"] for s in steps.values()]
 fatal = os.environ.get("FATAL") or None
 ok = not fatal and all(s == "ok" for s in statuses)
+machine_json = state / "machine.json"
 report = {
     "ok": ok,
     "error": fatal,
-    "check": {"mode": mode, "budget_s": int(budget), "seconds": int(seconds), "overrides": overrides},
-    "machine": json.loads((state / "machine.json").read_text()),
+    "check": {"mode": mode, "budget_s": int(budget), "seconds": int(seconds)},
+    "machine": json.loads(machine_json.read_text()) if machine_json.exists() else {},
     "steps": steps,
 }
+report["check"]["overrides"] = overrides
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 
 machine = report["machine"]

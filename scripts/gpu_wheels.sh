@@ -53,7 +53,7 @@ trap 'rm -rf "$TMP"' EXIT
 "$PY" - "$REPO/pyproject.toml" >"$DIR/requirements.txt" <<'EOF'
 import re
 import sys
-import tomllib
+import tomllib  # Python 3.11 and later
 
 with open(sys.argv[1], "rb") as f:
     deps = tomllib.load(f)["project"]["dependencies"]
@@ -87,7 +87,8 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-resolved = {norm(i["metadata"]["name"]): i for i in json.load(open(report))["install"]}
+with open(report) as f:
+    resolved = {norm(i["metadata"]["name"]): i for i in json.load(f)["install"]}
 env = {"python_version": python, "python_full_version": f"{python}.0"}
 missing = []
 for name, item in resolved.items():

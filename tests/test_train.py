@@ -149,7 +149,7 @@ class TinyNet(nn.Module):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["vae", "ae"])
+@pytest.mark.parametrize("model", ["vae", "conv_ae"])
 def test_a_network_of_your_own_from_a_config_folder_outside_the_package(data_dir, tmp_path, model):
     """The README's recipe: one module and one YAML of the user's, no edit of aelab."""
     (tmp_path / "my_nets.py").write_text(TINY_NET)
@@ -174,4 +174,62 @@ def test_a_network_of_your_own_from_a_config_folder_outside_the_package(data_dir
     assert checkpoint["state_dict"]["net.encoder.1.weight"].shape == (24, 784)
     assert checkpoint["hyper_parameters"]["net"] == {"_target_": "my_nets.TinyNet", "width": 24}
     val_loss = [e.value for e in events(run_dir).Scalars("val/loss")]
+    assert val_loss[-1] < val_loss[0]
+
+
+MY_MODEL = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aelab.models import AutoencoderModule
+
+
+class L1Autoencoder(AutoencoderModule):
+    \"\"\"z = W net.encoder(x), x_hat = sigmoid(net.decoder(z)); loss = mean absolute error.\"\"\"
+
+    def __init__(self, image_shape, net, latent_dim=8, optimizer=None, scheduler=None):
+        super().__init__(image_shape, latent_dim, net, optimizer, scheduler)
+        self.save_hyperparameters(logger=False)
+        self.to_code = nn.Linear(self.net.features, latent_dim)
+
+    def encode(self, x):
+        return self.to_code(self.net.encoder(x))
+
+    def decode(self, z):
+        return torch.sigmoid(self.net.decoder(z))
+
+    def loss_terms(self, x, target):
+        return {"loss": F.l1_loss(self.reconstruct(x), target)}
+"""
+MY_MODEL_YAML = """# @package _global_
+model:
+  _target_: my_models.L1Autoencoder
+  _recursive_: false
+  latent_dim: 8
+  optimizer:
+    _target_: torch.optim.Adam
+    _partial_: true
+    lr: 3.0e-3
+"""
+
+
+@pytest.mark.slow
+def test_a_model_of_your_own_from_a_config_folder_outside_the_package(data_dir, tmp_path):
+    (tmp_path / "my_models.py").write_text(MY_MODEL)
+    (tmp_path / "my_configs" / "model").mkdir(parents=True)
+    (tmp_path / "my_configs" / "model" / "l1.yaml").write_text(MY_MODEL_YAML)
+    run_dir = tmp_path / "run"
+    result = run_train(
+        *("--config-dir", str(tmp_path / "my_configs"), "model=l1", "net=conv"),
+        "trainer.max_epochs=2",
+        *small_run_overrides(data_dir),
+        f"hydra.run.dir={run_dir}",
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tb = events(run_dir)
+    assert {"train/loss", "val/loss", "test/loss"} <= set(tb.Tags()["scalars"])
+    assert "val/reconstructions" in tb.Tags()["images"]
+    val_loss = [e.value for e in tb.Scalars("val/loss")]
     assert val_loss[-1] < val_loss[0]
