@@ -235,3 +235,12 @@ def test_overfit_batches_sees_the_same_first_batches_every_epoch(data_dir):
     unshuffled = to_float(dm.train_set.images[:50])
     assert len(images_per_epoch) == 2
     assert all(torch.equal(images, unshuffled) for images in images_per_epoch)
+
+
+def test_the_permutation_is_drawn_on_the_cpu_whatever_the_data_device():
+    """Every rank draws the same order from (seed, epoch), whatever device its data is on: the
+    indices are drawn on the CPU and only then moved (here to `meta`, a stand-in for a GPU)."""
+    on_cpu = BatchIndices(100, 10, shuffle=True, seed=5, epoch=lambda: 2)
+    elsewhere = BatchIndices(100, 10, shuffle=True, seed=5, epoch=lambda: 2, device="meta")
+    shard = elsewhere.shard()
+    assert shard.device.type == "meta" and shard.shape == on_cpu.shard().shape

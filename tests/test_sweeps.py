@@ -163,3 +163,15 @@ def test_a_finished_job_leaves_nothing_for_the_next(tmp_path, monkeypatch, fails
     assert json.loads((tmp_path / sweeps.RESULT_FILE).read_text())["status"] == (
         "failed" if fails else "ok"
     )
+
+
+def test_results_print_at_least_four_significant_digits():
+    from aelab.sweeps import number
+
+    assert [number(v) for v in (0.0025, 0.00261234, 0.069, 105.56123, 3.0)] == [
+        "0.002500",
+        "0.002612",
+        "0.06900",
+        "105.5612",
+        "3",
+    ]
