@@ -30,8 +30,8 @@
 #                  as "skipped: budget", and no step's timeout goes past the budget
 #   --cpu          the same steps on the CPU, a few batches each
 #   -- OVERRIDES   Hydra overrides added to every training run and to the benchmark
-# PYTHON names the interpreter (default: python from PATH). Exit status: 0 every step passed,
-# 1 a step failed, 2 bad arguments, 3 nothing failed but steps were skipped.
+# PYTHON names the interpreter (default: python from PATH, else python3). Exit status: 0 every
+# step passed, 1 a step failed, 2 bad arguments, 3 nothing failed but steps were skipped.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
@@ -41,6 +41,9 @@ die() {
 }
 
 PY="${PYTHON:-python}"
+if [[ -z ${PYTHON:-} ]] && ! command -v python >/dev/null && command -v python3 >/dev/null; then
+    PY=python3 # the GPU machine's image may have only python3
+fi
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CPU=0 DATA="" OUT="" RUNS="" WHEELS="" BUDGET_S=330
 EXTRA=()

@@ -290,3 +290,23 @@ def test_scatter_figure_for_any_code_size(dims):
     figure = scatter_figure(codes, labels)
     assert figure.axes[0].get_title().startswith(f"{dims}-d" if dims <= 3 else "codes, PCA")
     figure.savefig(io.BytesIO(), format="png")  # renders, as TensorBoard's add_figure does
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "extra"), [("aelab.eval", ["iw_samples=0"]), ("aelab.generate", [])]
+)
+def test_eval_and_generate_write_into_folders_of_their_own(trained_run, tmp_path, module, extra):
+    """Not into the training run's folder, which `ckpt_path` points into."""
+    before = sorted(p.relative_to(trained_run) for p in trained_run.rglob("*"))
+    result = run_module(
+        module,
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    task = module.split(".")[1]
+    (own,) = (tmp_path / "logs" / task / "runs").iterdir()
+    assert (own / ".hydra" / "config.yaml").is_file() and (own / f"{task}.log").is_file()
+    assert sorted(p.relative_to(trained_run) for p in trained_run.rglob("*")) == before

@@ -1,6 +1,7 @@
 """The package as a user gets it from an index: a wheel, installed without `-e`, run from a
 folder that has nothing to do with this repository."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,6 +12,11 @@ from conftest import REPO, small_run_overrides
 
 @pytest.mark.slow
 def test_a_wheel_installed_without_e_trains_from_an_unrelated_folder(data_dir, tmp_path):
+    # built from a copy, so that setuptools' build folder does not land in the clone
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     build = subprocess.run(
         [
