@@ -516,3 +516,36 @@ def test_only_local_rank_zero_fetches_the_data(tmp_path, monkeypatch):
     monkeypatch.setattr("aelab.data.datamodule.time.sleep", sleep)
     fetch_data(dm)
     assert len(waits) == 1 and dm.image_shape == (1, 28, 28)
+
+
+@pytest.mark.slow
+def test_three_ranks_test_every_image_exactly_once(data_dir, tmp_path):
+    """The same weights tested by 1 and by 3 processes give the same test/loss: 128 test images
+    do not split evenly in 3, and none may be left out or counted twice."""
+    base = [
+        "model=ae",
+        *small_run_overrides(data_dir),
+        "logger=csv",
+        "callbacks.progress_bar=null",
+    ]
+    trained = run_train(*base, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'trained'}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    weights = tmp_path / "trained" / "checkpoints" / "last.ckpt"
+    losses = {}
+    for devices in (1, 3):
+        run = tmp_path / f"tested_on_{devices}"
+        result = run_train(
+            *base,
+            "trainer=ddp_cpu",
+            f"trainer.devices={devices}",
+            f"init_from={weights}",
+            "++trainer.limit_train_batches=0",  # no training: test the weights as they are
+            "optimized_metric=null",
+            f"hydra.run.dir={run}",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = (run / "csv" / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        (row,) = [r.split(",") for r in rows[1:] if r.split(",")[header.index("test/loss")]]
+        losses[devices] = float(row[header.index("test/loss")])
+    assert losses[3] == pytest.approx(losses[1], rel=1e-5)

@@ -9,6 +9,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
+from torchmetrics import MeanMetric
 
 from aelab.errors import AelabError, ConfigError, root_cause
 
@@ -61,6 +62,9 @@ class AutoencoderModule(L.LightningModule):
         self.noise = noise
         self.noise_level = noise_level
         self.epoch_progress = 0.0  # epochs of training done, fractional: warm-ups read it
+        # Means over every image of a validation or test epoch, also under DDP with shards of
+        # unequal size (torchmetrics reduces sums and counts across ranks). Not in checkpoints.
+        self.evaluation_means = nn.ModuleDict()
         self._rng_states_to_restore: dict | None = None
 
     def configure_model(self) -> None:
@@ -152,13 +156,19 @@ class AutoencoderModule(L.LightningModule):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(batch_idx)
             terms = self.loss_terms(x, x)
-        self.log_dict(
-            {f"{stage}/{name}": value for name, value in terms.items()},
-            on_epoch=True,
-            batch_size=x.shape[0],
-            sync_dist=True,
-            prog_bar=True,
-        )
+        for name, value in terms.items():
+            key = f"{stage}_{name}"
+            if key not in self.evaluation_means:
+                self.evaluation_means[key] = MeanMetric().to(self.device)
+            mean = self.evaluation_means[key]
+            mean.update(value.detach(), weight=x.shape[0])
+            self.log(
+                f"{stage}/{name}",
+                mean,
+                on_epoch=True,
+                prog_bar=True,
+                metric_attribute=f"evaluation_means.{key}",
+            )
         return terms["loss"]
 
     def configure_optimizers(self) -> Any:
