@@ -9,7 +9,6 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics import MeanMetric
 
 from aelab.errors import AelabError, ConfigError, root_cause
 
@@ -62,9 +61,7 @@ class AutoencoderModule(L.LightningModule):
         self.noise = noise
         self.noise_level = noise_level
         self.epoch_progress = 0.0  # epochs of training done, fractional: warm-ups read it
-        # Means over every image of a validation or test epoch, also under DDP with shards of
-        # unequal size (torchmetrics reduces sums and counts across ranks). Not in checkpoints.
-        self.evaluation_means = nn.ModuleDict()
+        self._sums: dict[str, tuple[torch.Tensor, int]] = {}  # this evaluation's sums, images
         self._rng_states_to_restore: dict | None = None
 
     def configure_model(self) -> None:
@@ -156,20 +153,40 @@ class AutoencoderModule(L.LightningModule):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(batch_idx)
             terms = self.loss_terms(x, x)
+        count = x.shape[0]
         for name, value in terms.items():
-            key = f"{stage}_{name}"
-            if key not in self.evaluation_means:
-                self.evaluation_means[key] = MeanMetric().to(self.device)
-            mean = self.evaluation_means[key]
-            mean.update(value.detach(), weight=x.shape[0])
-            self.log(
-                f"{stage}/{name}",
-                mean,
-                on_epoch=True,
-                prog_bar=True,
-                metric_attribute=f"evaluation_means.{key}",
-            )
+            total, images = self._sums.get(name, (0.0, 0))
+            self._sums[name] = (total + value.detach() * count, images + count)
         return terms["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._sums = {}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means(VAL)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_means(TEST)
+
+    def _log_means(self, stage: str) -> None:
+        """Log each term's mean over every image of the epoch, on all ranks together: sums and
+        image counts are added up across ranks, so shards of unequal size (the test set on 3
+        ranks) still give the mean over the whole set. Written out because Lightning's mean
+        over ranks divides its integer image count in place (rounding it), and torchmetrics'
+        MeanMetric reads a value back to the host at every update (its NaN check)."""
+        if not self._sums:
+            return
+        names = sorted(self._sums)
+        totals = torch.stack([self._sums[name][0] for name in names])
+        counts = torch.tensor([self._sums[name][1] for name in names], device=totals.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        counts = self.trainer.strategy.reduce(counts.to(totals.dtype), reduce_op="sum")
+        for name, mean in zip(names, totals / counts, strict=True):
+            self.log(f"{stage}/{name}", mean, prog_bar=True)
+        self._sums = {}
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
