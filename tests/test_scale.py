@@ -27,6 +27,7 @@ MLP32 = {"_target_": "aelab.nets.MLP", "hidden_dims": [32]}
 
 
 def _write_shard(rank: int, world: int, folder) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # the two processes meet on the loopback device
     dist.init_process_group(
         "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world
     )
