@@ -111,6 +111,35 @@ def run_python(*args: str, env: dict | None = None, timeout: int = 600, cwd: Pat
     )
 
 
+def start_train(*args: str, env: dict | None = None):
+    """`python train.py ARGS` started in a session of its own (the test may kill it whole),
+    offline as `run_python`; its output goes to a file the test may read."""
+    import os
+    import subprocess
+    import tempfile
+
+    proxies = {
+        name: CLOSED_PORT for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+    }
+    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process's test)
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env={**(env or os.environ), **proxies},
+        start_new_session=True,
+    )
+    process.output = output  # read with output_of(process)
+    return process
+
+
+def output_of(process) -> str:
+    """What a process of `start_train` printed so far."""
+    process.output.seek(0)
+    return process.output.read().decode(errors="replace")
+
+
 def run_train(*args: str, env: dict | None = None, timeout: int = 600):
     """`python train.py ARGS`."""
     return run_python("train.py", *args, env=env, timeout=timeout)

@@ -4,16 +4,19 @@ import csv
 import gc
 import json
 import math
+import os
+import signal
+import time
 import weakref
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import run_train, small_run_overrides
+from conftest import output_of, run_train, small_run_overrides, start_train
 from omegaconf import OmegaConf
 
-from aelab import sweeps
 from aelab.config import CONFIG_DIR
+from aelab.sweeps import jobs
 
 pytestmark = pytest.mark.slow
 QUICK = ["debug=fast", "callbacks.progress_bar=null"]
@@ -94,6 +97,77 @@ def test_launchers(data_dir, tmp_path, launcher):
     ]
 
 
+def test_an_interrupted_grid_reruns_only_its_unfinished_jobs(data_dir, tmp_path):
+    args = ["model=ae,vae", "model.latent_dim=2,8"]
+    first = start_train(
+        "-m", *args, *small_run_overrides(data_dir), *QUICK, f"hydra.sweep.dir={tmp_path}"
+    )
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "2" / ".hydra").is_dir():  # jobs 0 and 1 are done, 2 has started
+        assert first.poll() is None and time.monotonic() < deadline, output_of(first)[-3000:]
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    finished = {"0": (tmp_path / "0" / "result.json").read_text()}
+    assert not (tmp_path / "2" / "result.json").exists()
+    # as if job 1 had been killed after its last checkpoint, before recording its result
+    (tmp_path / "1" / "result.json").unlink()
+    _, rows = sweep(data_dir, tmp_path, *args)
+    assert [(r["job"], r["status"]) for r in rows] == [(str(j), "ok") for j in range(4)]
+    # the finished job was read back, not trained again; job 1 went on from its checkpoint
+    assert {job: (tmp_path / job / "result.json").read_text() for job in finished} == finished
+    assert "was interrupted: resuming from" in (tmp_path / "1" / "train.log").read_text()
+    assert (
+        "job 0 finished in an earlier run of this sweep (ok)"
+        in (tmp_path / "0" / "train.log").read_text()
+    )
+
+
+KILLER = """
+import os, signal
+import lightning as L
+
+
+class KillSelf(L.Callback):
+    \"\"\"Stands for the OOM killer: SIGKILL this job's process when training starts.\"\"\"
+
+    def __init__(self, latent_dim: int, kill_at: int) -> None:
+        self.kill = latent_dim == kill_at
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_joblib_job_fails_alone(data_dir, tmp_path):
+    (tmp_path / "killer.py").write_text(KILLER)
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = run_train(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model.latent_dim=2,8,16",
+        "+callbacks.killer._target_=killer.KillSelf",
+        "+callbacks.killer.latent_dim=${model.latent_dim}",
+        "+callbacks.killer.kill_at=8",
+        *small_run_overrides(data_dir),
+        *QUICK,
+        f"hydra.sweep.dir={sweep_dir}",
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    with open(sweep_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["overrides"].split()[0], r["status"]) for r in rows] == [
+        ("model.latent_dim=2", "ok"),
+        ("model.latent_dim=8", "failed"),
+        ("model.latent_dim=16", "ok"),
+    ]
+    assert rows[1]["error"].startswith("killed by SIGKILL")
+
+
 def test_every_experiment_trains(data_dir, tmp_path):
     experiments = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
     assert experiments == ["deep_ae_fashion", "simple_ae", "tanh_ae_3d", "vae_mnist"]
@@ -139,7 +213,7 @@ def test_a_finished_job_leaves_nothing_for_the_next(tmp_path, monkeypatch, fails
         overrides=SimpleNamespace(task=["model=vae"]),
         runtime=SimpleNamespace(output_dir=str(tmp_path)),
     )
-    monkeypatch.setattr(sweeps.HydraConfig, "get", staticmethod(lambda: job))
+    monkeypatch.setattr(jobs.HydraConfig, "get", staticmethod(lambda: job))
     built = []
 
     class Held:  # stands for a Trainer and its LightningModule
@@ -155,18 +229,18 @@ def test_a_finished_job_leaves_nothing_for_the_next(tmp_path, monkeypatch, fails
 
     gc.disable()  # only the job's own collection may free the cycle
     try:
-        value = sweeps.run_sweep_job(OmegaConf.create({}), fit_and_test, lambda cfg, m: 1.0)
+        value = jobs.run_sweep_job(OmegaConf.create({}), fit_and_test, lambda cfg, m: 1.0)
         assert built[0]() is None
     finally:
         gc.enable()
     assert value == (math.inf if fails else 1.0)
-    assert json.loads((tmp_path / sweeps.RESULT_FILE).read_text())["status"] == (
+    assert json.loads((tmp_path / jobs.RESULT_FILE).read_text())["status"] == (
         "failed" if fails else "ok"
     )
 
 
 def test_results_print_at_least_four_significant_digits():
-    from aelab.sweeps import number
+    from aelab.sweeps.table import number
 
     assert [number(v) for v in (0.0025, 0.00261234, 0.069, 105.56123, 3.0)] == [
         "0.002500",

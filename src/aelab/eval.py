@@ -34,7 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.evaluation.pictures import log_latent_pictures
     from aelab.evaluation.runs import load_run
     from aelab.models import VAE
-    from aelab.sweeps import number
+    from aelab.sweeps.table import number
     from aelab.train import instantiate_all, quiet_lightning_console
 
     quiet_lightning_console()

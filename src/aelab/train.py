@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aelab.config import CONFIG_MODULE, RUN_CONFIG, newest_checkpoint, run_app
 from aelab.errors import AelabError, ConfigError, Interrupted, root_cause
-from aelab.sweeps import run_sweep_job
+from aelab.sweeps.jobs import run_sweep_job
 from aelab.validation import check_checkpoint, check_config, check_same_run
 
 if TYPE_CHECKING:
@@ -97,16 +97,17 @@ def resume_path(cfg: DictConfig) -> str | None:
 
 
 def make_trainer(cfg: DictConfig, loggers: list) -> "L.Trainer":
-    """The Trainer of `cfg.trainer` with the config's callbacks and `loggers` (and, with
-    `speedups`, the profiler that costs nothing)."""
+    """The Trainer of `cfg.trainer` with the config's callbacks (and, in a pruned search, the
+    pruning callback) and `loggers` (and, with `speedups`, the profiler that costs nothing)."""
     from hydra.utils import instantiate
 
     from aelab import speedups
+    from aelab.sweeps.optuna import pruning_callbacks
 
     extra = speedups.trainer_arguments(bool(cfg.trainer.get("profiler"))) if cfg.speedups else {}
     return instantiate(
         cfg.trainer,
-        callbacks=instantiate_all(cfg.get("callbacks")),
+        callbacks=instantiate_all(cfg.get("callbacks")) + pruning_callbacks(cfg.optimized_metric),
         logger=loggers or False,
         **extra,
     )

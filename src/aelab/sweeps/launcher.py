@@ -1,0 +1,144 @@
+"""A Hydra launcher that runs each job of a multirun in a process of its own, `n_jobs` at once.
+
+`hydra/launcher=joblib` selects it (the name lightning-hydra-template's users know). Why not
+hydra-joblib-launcher: joblib's worker pool breaks when the operating system kills one worker
+(the OOM killer's SIGKILL), ends the whole sweep with `TerminatedWorkerError` and kills the jobs
+running beside it. Here every job is a fresh spawned process watched by a thread: one that dies
+is recorded as failed with its signal, and the other jobs run on.
+"""
+
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+from aelab.errors import ConfigError
+from aelab.sweeps.jobs import killed_record, recorded_value, write_record
+
+log = logging.getLogger(__name__)
+# hydra-joblib-launcher's schema, which Hydra merges into this config when that plugin is
+# installed too: accepted at these values only, none of them applies here
+JOBLIB_DEFAULTS = {
+    "backend": None,
+    "prefer": "processes",
+    "require": None,
+    "verbose": 0,
+    "timeout": None,
+    "pre_dispatch": "2*n_jobs",
+    "batch_size": "auto",
+    "temp_folder": None,
+    "max_nbytes": None,
+    "mmap_mode": "r",
+}
+
+
+def job_config(
+    hydra_context: HydraContext, config: DictConfig, idx: int, overrides: list[str]
+) -> DictConfig:
+    """The composed config of job `idx`, as Hydra's own launchers make it."""
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    return sweep_config
+
+
+def run_in_child(payload: bytes, connection: Any) -> None:
+    """The job's process: run the job as Hydra does and send its JobReturn back."""
+    hydra_context, config, task_function, singleton_state, idx, overrides = cloudpickle.loads(
+        payload
+    )
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    sweep_config = job_config(hydra_context, config, idx, overrides)
+    HydraConfig.instance().set_config(sweep_config)
+    ret = run_job(
+        hydra_context=hydra_context,
+        config=sweep_config,
+        task_function=task_function,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+    connection.send_bytes(cloudpickle.dumps(ret))
+
+
+class ProcessLauncher(Launcher):
+    """Each job in a spawned process of its own, `n_jobs` at a time (-1: one per CPU)."""
+
+    def __init__(self, n_jobs: int = -1, **joblib_schema: Any) -> None:
+        for key, value in joblib_schema.items():
+            if key not in JOBLIB_DEFAULTS or value != JOBLIB_DEFAULTS[key]:
+                raise ConfigError(
+                    f"hydra.launcher.{key}={value!r} does not apply: this launcher runs each job "
+                    "in a process of its own and takes n_jobs only"
+                )
+        if n_jobs == 0 or n_jobs < -1:
+            raise ConfigError(f"hydra.launcher.n_jobs={n_jobs}: a positive number, or -1")
+        self.n_jobs = n_jobs if n_jobs > 0 else os.cpu_count() or 1
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def launch(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(job_overrides)} jobs, {self.n_jobs} at a time, in {sweep_dir}")
+        state = Singleton.get_state()
+        jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="aelab-job") as pool:
+            return list(pool.map(lambda job: self.run(*job, state), jobs))
+
+    def run(self, idx: int, overrides: list[str], singleton_state: dict) -> JobReturn:
+        """Run job `idx` in a new process and wait for it; a process that dies without an
+        answer (killed) becomes a failed job, recorded in its folder."""
+        log.info(f"\t#{idx} : {' '.join(overrides)}")
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        payload = cloudpickle.dumps(
+            (self.hydra_context, self.config, self.task_function, singleton_state, idx, overrides)
+        )
+        start = time.perf_counter()
+        process = context.Process(target=run_in_child, args=(payload, send), name=f"job-{idx}")
+        process.start()
+        send.close()  # the child holds the only writer: its death ends the wait below
+        try:
+            answer = receive.recv_bytes()
+        except EOFError:
+            answer = None
+        process.join()
+        if answer is not None:
+            return cloudpickle.loads(answer)
+        sweep_config = job_config(self.hydra_context, self.config, idx, overrides)
+        job_dir = Path(sweep_config.hydra.sweep.dir) / str(sweep_config.hydra.sweep.subdir)
+        record = killed_record(
+            idx,
+            list(sweep_config.hydra.overrides.task),
+            process.exitcode,
+            time.perf_counter() - start,
+        )
+        write_record(job_dir, record)
+        log.error(f"job {idx} ({record['overrides']}) failed: {record['error']}")
+        return JobReturn(
+            overrides=overrides,
+            cfg=sweep_config,
+            hydra_cfg=sweep_config,
+            working_dir=str(job_dir),
+            task_name=sweep_config.hydra.job.name,
+            status=JobStatus.COMPLETED,
+            _return_value=recorded_value(record, sweep_config.get("optimized_metric")),
+        )

@@ -1,0 +1,84 @@
+"""One results table per multirun, gathered from the jobs' records: `results.csv` and
+`results.md` in the sweep folder, and printed. Failed and pruned jobs are rows too."""
+
+import csv
+import logging
+from collections import Counter
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from aelab.sweeps.jobs import RESULT_FILE, read_record
+
+log = logging.getLogger(__name__)
+COLUMNS = ["best_epoch", "val/loss", "test/loss", "val/recon", "val/kl", "test/recon", "test/kl"]
+STYLES = {"failed": "red", "pruned": "yellow"}
+
+
+def number(value: float) -> str:
+    """Four decimals from 1 up (105.5612 nats), four significant digits below (0.002534 MSE),
+    so that losses of 0.0025 and 0.0026 stay apart; whole numbers (epochs) as they are."""
+    if value == int(value) and abs(value) < 1e9:
+        return str(int(value))
+    return f"{value:.4f}" if abs(value) >= 1 else f"{value:#.4g}"
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """Every job's record under `sweep_dir`, in job order."""
+    records = [read_record(p.parent) for p in sweep_dir.glob(f"*/{RESULT_FILE}")]
+    return sorted(records, key=lambda r: r["job"])
+
+
+def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows; the overrides column keeps only what differs between jobs."""
+    shared = set.intersection(*(set(r["overrides"].split()) for r in records))
+    present = [c for c in COLUMNS if any(c in r["metrics"] for r in records)]
+    header = ["job", "overrides", "status", *present, "seconds", "error"]
+    rows = [
+        [
+            str(r["job"]),
+            " ".join(o for o in r["overrides"].split() if o not in shared),
+            r["status"],
+            *[number(r["metrics"][c]) if c in r["metrics"] else "" for c in present],
+            f"{r['seconds']:.1f}",
+            r["error"],
+        ]
+        for r in records
+    ]
+    return header, rows
+
+
+def write_table(sweep_dir: Path) -> None:
+    """Write and print the table of every job recorded under `sweep_dir` (none: nothing)."""
+    records = collect(sweep_dir)
+    if not records:
+        return
+    header, rows = table_rows(records)
+    with open(sweep_dir / "results.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    (sweep_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    counts = Counter(r["status"] for r in records)
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    table = Table(title=f"{len(records)} jobs in {sweep_dir} ({summary})")
+    for column in header:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row, style=STYLES.get(row[2]))
+    Console(width=160).print(table)
+    for r in records:
+        if r["status"] == "failed":
+            log.warning(f"job {r['job']} failed ({r['overrides']}): {r['error']}")
+
+
+class ResultsTable(Callback):
+    """Hydra callback: after any multirun, one table of every job (CSV, Markdown, console)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        write_table(Path(config.hydra.sweep.dir))
