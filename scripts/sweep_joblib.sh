@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The same grid, jobs in parallel processes on this machine (hydra-joblib-launcher).
+# The same grid, jobs in parallel on this machine, each in a process of its own (a killed one
+# fails alone).
 # With N jobs at once give each 1/N of the cores, e.g. OMP_NUM_THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -38,6 +38,12 @@ def test_a_wheel_installed_without_e_trains_from_an_unrelated_folder(data_dir, t
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"aelab/configs/train.yaml", "aelab/configs/model/vae.yaml"} <= names
     assert "aelab/configs/net/mlp.yaml" in names and "aelab/configs/hydra/default.yaml" in names
+    # Hydra finds the Optuna sweeper and the launcher only in its own namespace
+    assert {
+        "hydra_plugins/aelab_plugins/sweeper.py",
+        "hydra_plugins/aelab_plugins/launcher.py",
+    } <= names
+    assert "aelab/configs/hydra/sweeper/pruner/median.yaml" in names
 
     # a fresh environment that sees this one's packages (torch is not installed again) but
     # holds its own, non-editable aelab, which comes first on its path
