@@ -21,6 +21,14 @@ CONFIG_MODULE = "pkg://aelab.configs"  # what `@hydra.main(config_path=...)` is 
 RESUMABLE = ("last.ckpt", "interrupted.ckpt")
 RUN_STAMP_KEY = "aelab/run_stamp"
 RUN_CONFIG = "config.yaml"  # a run's resolved config, in its folder (evaluation reads it)
+SLURM_MARKER = ".slurm_job"  # the SLURM job that started a run, so that its requeue finds it
+
+
+def requeued_slurm_job() -> str | None:
+    """This SLURM job's id if SLURM requeued it (it then goes on with its own run)."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+        return os.environ.get("SLURM_JOB_ID")
+    return None
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
@@ -32,7 +40,13 @@ def newest_checkpoint(folder: Path) -> Path | None:
 
 def run_dir(ckpt_path: str | None, runs_dir: str) -> str:
     """The run's folder: a resumed run goes on in the folder of its checkpoint (`ckpt_path=last`:
-    the newest run under `runs_dir` that has one), a new run gets `runs_dir/<timestamp>`."""
+    the newest run under `runs_dir` that has one; a requeued SLURM job: the run it started), a
+    new run gets `runs_dir/<timestamp>`."""
+    job = requeued_slurm_job()
+    if ckpt_path is None and job:
+        for marker in Path(runs_dir).glob(f"*/{SLURM_MARKER}"):
+            if marker.read_text().strip() == job:
+                return str(marker.parent.absolute())
     if ckpt_path == "last":
         runs = [p for p in Path(runs_dir).glob("*/checkpoints") if newest_checkpoint(p)]
         if runs:

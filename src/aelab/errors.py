@@ -21,6 +21,14 @@ class Interrupted(AelabError):
     """SIGTERM (a preempted job) stopped training after a checkpoint was written."""
 
 
+class WriteFailed(AelabError):
+    """A checkpoint could not be written (names the path and the cause; the previous one stays)."""
+
+
+class RunLocked(AelabError):
+    """Another live run is writing to this run folder."""
+
+
 def root_cause(err: BaseException) -> BaseException:
     """The AelabError behind `err` (Hydra's instantiate wraps what the code raised), else the
     innermost cause."""

@@ -9,15 +9,23 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from aelab.config import CONFIG_MODULE, RUN_CONFIG, newest_checkpoint, run_app
+from aelab.config import (
+    CONFIG_MODULE,
+    RUN_CONFIG,
+    SLURM_MARKER,
+    newest_checkpoint,
+    requeued_slurm_job,
+    run_app,
+)
 from aelab.errors import AelabError, ConfigError, Interrupted, root_cause
+from aelab.runlock import run_lock
 from aelab.sweeps.jobs import run_sweep_job
 from aelab.validation import check_checkpoint, check_config, check_same_run
 
@@ -81,30 +89,41 @@ def git_state() -> dict[str, Any]:
 
 
 def resume_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last`: the newer of this run's last.ckpt and interrupted.ckpt; otherwise the
-    path as given."""
+    """`ckpt_path=last` (or none in a requeued SLURM job whose run has checkpoints): the newest
+    of this run's checkpoints that loads (last.ckpt, interrupted.ckpt, the best one);
+    otherwise the path as given."""
+    from aelab.checkpoints import newest_intact
+
     ckpt_path = cfg.get("ckpt_path")
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    if ckpt_path is None and requeued_slurm_job() and newest_checkpoint(folder):
+        log.info(f"SLURM requeued job {requeued_slurm_job()}: resuming its run")
+        ckpt_path = "last"
     if ckpt_path != "last":
         return ckpt_path
-    folder = Path(cfg.paths.output_dir) / "checkpoints"
-    newest = newest_checkpoint(folder)
-    if newest is None:
+    found = newest_intact(folder)
+    if found is None:
         raise ConfigError(
-            f"ckpt_path=last: no run to resume, {folder} has no last.ckpt or interrupted.ckpt; "
+            f"ckpt_path=last: no run to resume, {folder} holds no checkpoint that loads; "
             "give the checkpoint's path or hydra.run.dir=<the run's folder>"
         )
-    return str(newest)
+    return str(found[0])
 
 
 def make_trainer(cfg: DictConfig, loggers: list) -> "L.Trainer":
     """The Trainer of `cfg.trainer` with the config's callbacks (and, in a pruned search, the
     pruning callback) and `loggers` (and, with `speedups`, the profiler that costs nothing)."""
     from hydra.utils import instantiate
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from aelab import speedups
     from aelab.sweeps.optuna import pruning_callbacks
 
     extra = speedups.trainer_arguments(bool(cfg.trainer.get("profiler"))) if cfg.speedups else {}
+    if SLURMEnvironment.detect():
+        # InterruptCheckpoint requeues at a batch's end; Lightning's would save mid-step
+        plugins = instantiate(cfg.trainer.get("plugins") or [])
+        extra["plugins"] = [*plugins, SLURMEnvironment(auto_requeue=False)]
     return instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")) + pruning_callbacks(cfg.optimized_metric),
@@ -147,11 +166,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     the last logged training metrics."""
     check_config(cfg)
     import lightning as L
-    import torch
     from hydra.utils import instantiate
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from aelab import speedups
 
     quiet_lightning_console()
     seed = L.seed_everything(cfg.seed, workers=True)
@@ -166,6 +181,26 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     elif cfg.get("init_from"):
         model.load_state_dict(check_checkpoint(cfg.init_from, model)["state_dict"])
         log.info(f"Starting from the weights of {cfg.init_from}")
+    output_dir = Path(cfg.paths.output_dir)
+    with run_lock(output_dir) if global_rank() == 0 else nullcontext():
+        if global_rank() == 0 and "SLURM_JOB_ID" in os.environ:
+            (output_dir / SLURM_MARKER).write_text(os.environ["SLURM_JOB_ID"])
+        return fit_and_test_locked(cfg, datamodule, model, ckpt_path, seed)
+
+
+def fit_and_test_locked(
+    cfg: DictConfig,
+    datamodule: "L.LightningDataModule",
+    model: "L.LightningModule",
+    ckpt_path: str | None,
+    seed: int,
+) -> dict[str, float]:
+    """`fit_and_test` once the run holds its folder."""
+    import torch
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from aelab import speedups
+
     if global_rank() == 0:
         save_run_config(cfg)
     loggers = instantiate_all(cfg.get("logger"))

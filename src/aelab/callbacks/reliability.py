@@ -1,30 +1,130 @@
 """Keep the work done so far when a run is interrupted or diverges."""
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from aelab.errors import TrainingDiverged
+from aelab.errors import ConfigError, Interrupted, TrainingDiverged
 
 
 class InterruptCheckpoint(L.Callback):
-    """Save `<dirpath>/<filename>.ckpt` on Ctrl-C (SIGINT) or SIGTERM, so that `ckpt_path=last`
-    resumes from there. Other exceptions (a diverged loss, a bug) save nothing: the weights they
-    leave are not worth resuming from.
+    """On Ctrl-C, SIGTERM (preemption) or SLURM's warning signal, stop at the end of the
+    training batch, save `<dirpath>/<filename>.ckpt` there and stop the run. The checkpoint
+    holds the position in the epoch (the datamodule's batch state) and the random states, so
+    resuming with `ckpt_path=last` ends as the uninterrupted run would have.
+
+    Under SLURM (`SLURM_JOB_ID` set), `requeue_on` (SLURM's `--signal`, sent before the time
+    limit or a preemption) also requeues the job once with `scontrol requeue`; the requeued job
+    resumes by itself. Lightning's own requeue is turned off (`train.make_trainer`): it saves
+    inside the signal handler, at whatever point of a step the signal lands. A second Ctrl-C
+    stops at once and saves nothing: weights caught mid-step are not worth resuming from.
 
     Not Lightning's OnExceptionCheckpoint: with that one present, Lightning silently resumes
     every `fit` from "last".
     """
 
-    def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
+    def __init__(
+        self, dirpath: str, filename: str = "interrupted", requeue_on: list[str] | None = None
+    ) -> None:
         self.path = Path(dirpath) / f"{filename}.ckpt"
+        for name in requeue_on or []:
+            if not isinstance(getattr(signal, str(name), None), signal.Signals):
+                raise ConfigError(
+                    f"callbacks.interrupt_checkpoint.requeue_on: {name!r} is not a signal name "
+                    "(e.g. SIGUSR1)"
+                )
+        self.requeue_on = [getattr(signal, name) for name in requeue_on or []]
+        self._requested: str | None = None  # why the run should stop at the next batch end
+        self._saved = False
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set in the main thread
+        self._install(signal.SIGINT, self._on_sigint)
+        if "SLURM_JOB_ID" in os.environ:
+            for signum in self.requeue_on:
+                self._install(signum, self._on_requeue_signal)
+
+    def _install(self, signum: int, handler: Any) -> None:
+        self._previous[signum] = signal.signal(signum, handler)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._requested:
+            raise KeyboardInterrupt
+        self._requested = "SIGINT"
+        print(
+            "\nCtrl-C: stopping after this batch, with a checkpoint (Ctrl-C again: at once)",
+            file=sys.stderr,
+        )
+
+    def _on_requeue_signal(self, signum: int, frame: Any) -> None:
+        self._requested = self._requested or "requeue"
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._stop_if_asked(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_asked(trainer)  # a signal that came during validation
+
+    def _stop_if_asked(self, trainer: L.Trainer) -> None:
+        reason = self._requested or ("SIGTERM" if trainer.received_sigterm else None)
+        if trainer.world_size > 1:  # every rank stops at the same batch
+            stop = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
+            reason = reason or ("another rank's signal" if stop else None)
+        if reason is None:
+            return
+        self._save(trainer)
+        if reason == "SIGINT":
+            raise KeyboardInterrupt
+        if reason == "requeue":
+            job = requeue_slurm_job() if trainer.is_global_zero else os.environ["SLURM_JOB_ID"]
+            raise Interrupted(
+                f"SLURM's warning signal at step {trainer.global_step}: saved {self.path} and "
+                f"requeued job {job}, which resumes from it"
+            )
+        raise SIGTERMException
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
-        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
-            trainer.save_checkpoint(self.path)
+        # Lightning's own SIGTERM stop under DDP comes between two batches: save there too.
+        if isinstance(exception, SIGTERMException) and not self._saved:
+            self._save(trainer)
+        self.on_train_end(trainer, pl_module)
+
+
+def requeue_slurm_job() -> str:
+    """Ask SLURM to requeue this job (an array job's own task); returns the job named."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = (
+        f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        if array_job
+        else os.environ["SLURM_JOB_ID"]
+    )
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise Interrupted(
+            f"saved the checkpoint, but `scontrol requeue {job}` failed "
+            f"({result.stderr.strip() or result.returncode}): resume with ckpt_path=last"
+        )
+    return job
 
 
 class DivergenceGuard(L.Callback):

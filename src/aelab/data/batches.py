@@ -64,6 +64,12 @@ class BatchIndices(Sampler[torch.Tensor]):
         self.batches_per_chunk = batches_per_chunk
         self.epoch = epoch
         self.exact = exact
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Start the next pass over `epoch` after its first `batches` batches (a run resumed
+        from a checkpoint written mid-epoch); other epochs, and epochs done, are not cut."""
+        self._resume = (epoch, batches) if 0 < batches < self.num_batches() else None
 
     @staticmethod
     def _rank_and_world() -> tuple[int, int]:
@@ -100,7 +106,13 @@ class BatchIndices(Sampler[torch.Tensor]):
         return -(-self.num_batches() // self.batches_per_chunk)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        yield from self.shard().split(self.batch_size * self.batches_per_chunk)
+        shard = self.shard()
+        if self._resume is not None:
+            epoch, batches = self._resume
+            self._resume = None
+            if epoch == self.epoch():
+                shard = shard[batches * self.batch_size :]
+        yield from shard.split(self.batch_size * self.batches_per_chunk)
 
 
 class Batches:
@@ -108,15 +120,27 @@ class Batches:
     batches: each chunk is `transform`ed once and cut into views of `batch_size` images.
 
     Lightning sees an iterable of batches with a length; the epoch it is in reaches the
-    permutation through `BatchIndices.epoch`.
+    permutation through `BatchIndices.epoch`. It is also stateful in Lightning's sense
+    (`state_dict`/`load_state_dict`, kept in every checkpoint): `trained` says how many batches
+    of the epoch were trained, and a run resumed mid-epoch goes on with the next one.
     """
 
     def __init__(
-        self, loader: DataLoader, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self,
+        loader: DataLoader,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        trained: Callable[[], int] = lambda: 0,
     ) -> None:
         self.loader = loader
         self.indices: BatchIndices = loader.sampler
         self.transform = transform
+        self.trained = trained
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.indices.epoch(), "batches": self.trained()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.indices.resume(state["epoch"], state["batches"])
 
     def __len__(self) -> int:
         return self.indices.num_batches()

@@ -267,7 +267,17 @@ class ImageDataModule(L.LightningDataModule):
         """Whether `device` is where the model runs (or no trainer says otherwise)."""
         return self.trainer is None or device == self.trainer.strategy.root_device
 
-    def _loader(self, data: TensorImages | None, shuffle: bool, exact: bool = False) -> Batches:
+    def _trained_batches(self) -> int:
+        """Batches of the current epoch trained so far (Lightning's progress count, which it
+        also restores on resume), for the training batches' state in checkpoints. "processed":
+        a checkpoint saved in `on_train_batch_end` comes before the batch counts as completed."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def _loader(
+        self, data: TensorImages | None, shuffle: bool, exact: bool = False, train: bool = False
+    ) -> Batches:
         if data is None:
             raise RuntimeError("setup() must run before the dataloaders are requested")
         device = data.images.device
@@ -295,13 +305,17 @@ class ImageDataModule(L.LightningDataModule):
         # Images become floats where the model runs: here, a chunk at a time, when the data is
         # there already; otherwise (data on the host, model on a GPU) each batch after its copy,
         # which then moves 4x fewer bytes.
-        return Batches(loader, transform=to_float if self._on_model_device(device) else None)
+        return Batches(
+            loader,
+            transform=to_float if self._on_model_device(device) else None,
+            trained=self._trained_batches if train else lambda: 0,
+        )
 
     def train_dataloader(self) -> Batches:
         # `trainer.overfit_batches` (debug=overfit) wants the same first batches every epoch.
         # Lightning can switch a plain DataLoader to sequential order, not this one: we do it.
         overfitting = self.trainer is not None and self.trainer.overfit_batches > 0
-        return self._loader(self.train_set, shuffle=not overfitting)
+        return self._loader(self.train_set, shuffle=not overfitting, train=True)
 
     def val_dataloader(self) -> Batches:
         # Equal shards under DDP: validation runs through the DDP wrapper, whose collectives

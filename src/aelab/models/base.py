@@ -87,14 +87,14 @@ class AutoencoderModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_states_to_restore = checkpoint.get("rng_states")
 
-    def on_train_epoch_start(self) -> None:
-        # Restored here rather than on load, once everything before the first step has run.
+    def _restore_rng_states(self) -> None:
+        """The saved random states, at the first step after a resume: once everything before
+        it has run (Lightning calls no epoch-start hook when it resumes mid-epoch)."""
         states = self._rng_states_to_restore
-        if states:
-            torch.set_rng_state(states["torch"])
-            if "cuda" in states and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
-            self._rng_states_to_restore = None
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        self._rng_states_to_restore = None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -125,6 +125,8 @@ class AutoencoderModule(L.LightningModule):
         return self.reconstruct(x)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self._rng_states_to_restore:
+            self._restore_rng_states()
         x, _ = batch
         self.epoch_progress = self.current_epoch + batch_idx / max(
             1, self.trainer.num_training_batches

@@ -100,10 +100,9 @@ def run_sweep_job(
             " read back, not run again"
         )
         return recorded_value(done, cfg.get("optimized_metric"))
-    resume = newest_checkpoint(job_dir / "checkpoints")
-    if resume is not None and cfg.get("ckpt_path") is None:
-        log.info(f"job {record['job']} was interrupted: resuming from {resume}")
-        cfg.ckpt_path = str(resume)
+    if cfg.get("ckpt_path") is None and newest_checkpoint(job_dir / "checkpoints"):
+        log.info(f"job {record['job']} was interrupted: resuming from its newest checkpoint")
+        cfg.ckpt_path = "last"
     start = time.perf_counter()
     try:
         metrics = fit_and_test(cfg)
