@@ -27,7 +27,7 @@ from aelab.config import (
 from aelab.errors import AelabError, ConfigError, Interrupted, root_cause
 from aelab.runlock import run_lock
 from aelab.sweeps.jobs import run_sweep_job
-from aelab.validation import check_checkpoint, check_config, check_same_run
+from aelab.validation import building, check_checkpoint, check_config, check_same_run
 
 if TYPE_CHECKING:
     import lightning as L
@@ -160,19 +160,35 @@ def save_run_config(cfg: DictConfig) -> None:
         OmegaConf.save(OmegaConf.create(resolved), path)
 
 
+def build_datamodule(cfg: DictConfig, seed: int) -> "L.LightningDataModule":
+    """The datamodule of `cfg.data`; what its constructor rejects is one line naming `data`."""
+    from hydra.utils import instantiate
+
+    with building("data"):
+        return instantiate(cfg.data, seed=seed)
+
+
+def build_model(cfg: DictConfig, image_shape: list[int]) -> "L.LightningModule":
+    """The model of `cfg.model` for images of `image_shape`, its network and loss built; what
+    their constructors reject is one line naming `model`."""
+    from hydra.utils import instantiate
+
+    with building("model"):
+        return instantiate(cfg.model, image_shape=image_shape, _convert_="all")
+
+
 def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     """Fit the model and test its best checkpoint. Returns the final metrics: the best
     checkpoint's validation metrics (`val/loss`, ..., with `best_epoch`), its test metrics and
     the last logged training metrics."""
     check_config(cfg)
     import lightning as L
-    from hydra.utils import instantiate
 
     quiet_lightning_console()
     seed = L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, seed=seed)
+    datamodule = build_datamodule(cfg, seed)
     fetch_data(datamodule)
-    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
+    model = build_model(cfg, list(datamodule.image_shape))
     ckpt_path = resume_path(cfg)
     if ckpt_path:
         check_checkpoint(ckpt_path, model)

@@ -1,7 +1,12 @@
 """Checks that turn impossible configs and foreign checkpoints into one clear line each,
 before any data is loaded or any step is taken."""
 
+import collections.abc
 import inspect
+import types
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from numbers import Number
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 if TYPE_CHECKING:
     import torch
 
-from aelab.errors import ConfigError
+from aelab.errors import AelabError, ConfigError, root_cause
 
 POSITIVE = "a number > 0"
 PROFILERS = ("simple", "advanced", "pytorch", "xla")  # the names Lightning's Trainer knows
@@ -81,6 +86,7 @@ def check_arguments(key: str, node: Any) -> None:
     except Exception:
         raise ConfigError(f"{key}._target_={target!r} cannot be imported") from None
     parameters = signature.parameters
+    check_types(key, node, get_object(target))
     if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
         return
     provided = PROVIDED.get(key, set())
@@ -187,3 +193,84 @@ def _flat(node: Any, prefix: str) -> dict[str, Any]:
     for key, value in node.items():
         flat |= _flat(value, f"{prefix}.{key}")
     return flat
+
+
+def check_types(key: str, node: DictConfig, target: Any) -> None:
+    """Every value given for `target` matches its type hint (an int where an int is wanted, a
+    list of ints, one of a Literal's values, ...), so that a wrong type is one line naming the
+    key instead of a traceback from deep inside the code. Hints this cannot read pass."""
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:
+        return
+    for name in node:
+        name = str(name)
+        if name.startswith("_") or name not in hints:
+            continue
+        value = node[name]
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_arguments(f"{key}.{name}", value)  # a config of its own
+            continue
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        hint = hints[name]
+        if not _matches(value, hint):
+            raise ConfigError(
+                f"{key}.{name}={value!r} is not allowed; it must be {_describe(hint)}"
+            )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_matches, value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        return isinstance(value, dict)
+    if inspect.isclass(hint) and not isinstance(value, dict):
+        return isinstance(value, hint)  # e.g. a Tensor: no number, string or list is one
+    return True  # a config of a class, a callable: left to the code that takes it
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    text = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+    return text or str(hint).replace("typing.", "")
+
+
+@contextmanager
+def building(key: str) -> Iterator[None]:
+    """What a library says while building the object of config `key` from it (torch's
+    "Invalid weight_decay value: -1", a Linear layer of -3 units) becomes one line naming the
+    key; the original error stays chained (HYDRA_FULL_ERROR=1 shows it)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        yield
+    except Exception as err:
+        problem = root_cause(err)
+        if isinstance(problem, AelabError) or not isinstance(
+            problem, ValueError | TypeError | RuntimeError | InstantiationException
+        ):
+            raise
+        text = " ".join(str(problem).split())
+        raise ConfigError(f"{key} cannot be built from its config: {text}") from err

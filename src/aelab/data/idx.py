@@ -15,6 +15,7 @@ import torch
 from aelab.errors import DataError
 
 UBYTE = 0x08
+READ_CHUNK = 1 << 20  # bytes read (inflated) at a time
 
 
 def _open(path: Path):
@@ -45,21 +46,47 @@ def read_idx_shape(path: Path) -> tuple[int, ...]:
 
 
 def read_idx(path: Path) -> torch.Tensor:
-    """Read a whole IDX file of unsigned bytes into a uint8 tensor of the header's shape."""
+    """Read a whole IDX file of unsigned bytes into a uint8 tensor of the header's shape.
+
+    Nothing larger than the header's promise is ever allocated: a raw file's size is checked
+    against it before its data are read, and a gzipped one is inflated a chunk at a time and
+    stopped one byte past it (a gzip bomb, or a header that claims billions of images, is one
+    error line, not an out-of-memory kill).
+    """
     try:
         with _open(path) as f:
-            data = f.read()
+            head = f.read(4)
+            head += f.read(4 * head[3]) if len(head) == 4 else b""
+            shape = _parse_header(path, head)
+            expected = math.prod(shape)
+            if expected == 0:
+                raise DataError(f"{path}: holds no data (the header gives shape {shape})")
+            if path.suffix != ".gz":
+                _check_size(path, shape, len(head), path.stat().st_size - len(head))
+            data = bytearray()
+            while len(data) <= expected:
+                chunk = f.read(min(READ_CHUNK, expected + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: cannot be read, the file is corrupted ({err})") from None
-    shape = _parse_header(path, data[:4] + data[4 : 4 + 4 * data[3]] if len(data) >= 4 else data)
-    offset = 4 + 4 * len(shape)
-    expected = offset + math.prod(shape)
-    if len(data) != expected:
+    _check_size(path, shape, len(head), len(data))
+    return (
+        torch.frombuffer(data, dtype=torch.uint8).view(*shape)
+        if data
+        else torch.zeros(shape, dtype=torch.uint8)
+    )
+
+
+def _check_size(path: Path, shape: tuple[int, ...], header: int, size: int) -> None:
+    expected = math.prod(shape)
+    if size != expected:
         raise DataError(
-            f"{path}: {'truncated' if len(data) < expected else 'has trailing bytes'}: "
-            f"the header promises shape {tuple(shape)} ({expected} bytes), the file has {len(data)}"
+            f"{path}: {'truncated' if size < expected else 'has trailing bytes'}: the header "
+            f"promises shape {tuple(shape)} ({header + expected} bytes), the file has "
+            f"{header + size}{' or more' if size > expected and path.suffix == '.gz' else ''}"
         )
-    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).view(*shape)
 
 
 def incomplete_reason(path: Path) -> str | None:

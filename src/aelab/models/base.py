@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from aelab.errors import AelabError, ConfigError, root_cause
+from aelab.validation import building
 
 NOISES = (None, "gaussian", "masking")
 TRAIN = "train"  # the stage whose metrics are `train/...`
@@ -195,10 +196,12 @@ class AutoencoderModule(L.LightningModule):
             raise ConfigError(
                 "model.optimizer is not set; give a `_partial_: true` optimizer config"
             )
-        optimizer = self.optimizer_factory(self.parameters())
+        with building("model.optimizer"):
+            optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        with building("model.scheduler"):
+            scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
