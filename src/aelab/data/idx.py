@@ -72,11 +72,7 @@ def read_idx(path: Path) -> torch.Tensor:
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: cannot be read, the file is corrupted ({err})") from None
     _check_size(path, shape, len(head), len(data))
-    return (
-        torch.frombuffer(data, dtype=torch.uint8).view(*shape)
-        if data
-        else torch.zeros(shape, dtype=torch.uint8)
-    )
+    return torch.frombuffer(data, dtype=torch.uint8).view(*shape)
 
 
 def _check_size(path: Path, shape: tuple[int, ...], header: int, size: int) -> None:
