@@ -213,4 +213,5 @@ def test_tensorboard_shows_a_sweep_at_a_glance(sweep_in_tensorboard):
         assert values["val/loss"] == pytest.approx(tested["val/loss"], rel=1e-6)
         assert values["test/loss"] == pytest.approx(tested["test/loss"], rel=1e-6)
         assert session["status"] == "STATUS_SUCCESS"
+        assert group["name"] == f"{sweep_dir.name}/{session['name'].removesuffix('/hparams')}"
         assert group["hparams"]["model.latent_dim"] == {"0": 2, "1": 4, "2": 8}[job]

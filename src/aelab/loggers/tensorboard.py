@@ -78,8 +78,10 @@ class TensorBoardLogger(LightningTensorBoardLogger):
                 for name, value in params.items()
                 if value is not None
             }
+            # the table's "Trial ID": `<sweep>/<job>/<name>` rather than a hash of the values
+            trial = "/".join(Path(self.log_dir).parts[-3:])
             with self._session_writer() as writer:
-                writer.file_writer.add_summary(summary_v2.hparams_pb(values), 0)
+                writer.file_writer.add_summary(summary_v2.hparams_pb(values, trial), 0)
             self._session_started = True
         if metrics:
             self.log_final_metrics(metrics, step)
