@@ -138,6 +138,10 @@ def test_optional_callbacks_are_added_by_name(compose_cfg, tmp_path):
         (["model=ae", "net=conv"], ["error: model.net.hidden_dims is not an argument"]),
         (["+model.depth=3"], ["error: model.depth is not an argument of aelab.models.VAE"]),
         (["+data.shuffle=false"], ["error: data.shuffle is not an argument of aelab.data."]),
+        (
+            ["+logger.tensorboard.log_grpah=false"],
+            ["error: logger.tensorboard.log_grpah is not an argument of aelab.loggers."],
+        ),
     ],
 )
 def test_a_key_that_nothing_reads_is_an_error(data_dir, tmp_path, overrides, fragments):

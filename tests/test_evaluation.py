@@ -265,13 +265,14 @@ def test_tensorboard_serves_the_run(trained_run):
         while True:
             try:
                 runs = get("/data/runs")
-                if runs:
+                if len(runs) == 2:  # the run and its HParams session
                     break
             except OSError:
                 pass
             assert time.monotonic() < deadline, "TensorBoard did not start"
             time.sleep(0.5)
-        (run,) = runs
+        run = "tensorboard"
+        assert set(runs) == {run, f"{run}/hparams"}
         scalars = get("/data/plugin/scalars/tags")[run]
         assert {"train/loss", "val/loss", "test/loss", "val/kl"} <= set(scalars)
         images = get("/data/plugin/images/tags")[run]

@@ -50,13 +50,15 @@ def test_training_run_logs_learns_and_checkpoints(data_dir, tmp_path, model):
     assert len(grid) == EPOCHS
     assert (grid[-1].width, grid[-1].height) == (8 * 30 + 2, 2 * 30 + 2)  # 8 originals over 8
     assert len(tb.Scalars("test/loss")) == 1
-    hparams = tb.PluginTagToContent("hparams")
-    assert b"model/latent_dim" in hparams["_hparams_/experiment"]
-    assert b"hparams/test_loss" in hparams["_hparams_/experiment"]
-    assert tb.Scalars("hparams/test_loss")[0].value == tb.Scalars("test/loss")[0].value
-
-    assert b"seed" in hparams["_hparams_/experiment"]
-    assert b"git/commit" in hparams["_hparams_/experiment"]
+    # the HParams session and its final metrics, in a sub-run of their own
+    session = EventAccumulator(str(run_dir / "tensorboard" / "hparams"))
+    session.Reload()
+    start = session.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    assert b"model.latent_dim" in start and b"seed" in start and b"_target_" not in start
+    assert session.Scalars("test/loss")[0].value == tb.Scalars("test/loss")[0].value
+    assert not [tag for tag in tb.Tags()["scalars"] if tag.startswith("hparams/")]
+    (config,) = tb.Tensors("config/text_summary")
+    assert b"commit `" in config.tensor_proto.string_val[0]  # the code's commit, above the config
 
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints and len(checkpoints) == 2

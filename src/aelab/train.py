@@ -223,11 +223,7 @@ def fit_and_test_locked(
     trainer = make_trainer(cfg, loggers)
     if cfg.speedups:
         speedups.apply(trainer, model)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    hparams = {key: resolved[key] for key in ("model", "data", "trainer", "tags")}
-    hparams |= {"seed": seed, "git": git_state()}
-    for lg in loggers:
-        lg.log_hyperparams(hparams)
+    log_run_start(loggers, cfg, seed)
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -248,26 +244,32 @@ def fit_and_test_locked(
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule)
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
-    log_final_metrics(loggers, hparams, metrics)
+    log_final_metrics(loggers, metrics, trainer.global_step)
     return metrics
 
 
-def log_final_metrics(loggers: list, hparams: dict, metrics: dict[str, float]) -> None:
-    """Fill TensorBoard's HParams dashboard: this run's config beside its final metrics, under
-    `hparams/...` so that the `val/loss` curves get no extra point."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+def log_run_start(loggers: list, cfg: DictConfig, seed: int) -> None:
+    """Record what this run is compared by (`aelab.loggers.hparams`) with every logger, and
+    its whole config in TensorBoard's Text tab."""
+    from aelab.loggers import TensorBoardLogger
+    from aelab.loggers.hparams import compared_hparams
 
-    final = {
-        f"hparams/{name.replace('/', '_')}": value
-        for name, value in metrics.items()
-        if name.startswith(("val/", "test/"))
-    }
+    hparams = compared_hparams(cfg, seed)
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_config(OmegaConf.to_yaml(cfg, resolve=True), git_state())
+
+
+def log_final_metrics(loggers: list, metrics: dict[str, float], step: int) -> None:
+    """Fill TensorBoard's HParams view: the tested checkpoint's `val/...` and `test/...`
+    metrics as this run's values."""
+    from aelab.loggers import TensorBoardLogger
+
+    final = {name: value for name, value in metrics.items() if name.startswith(("val/", "test/"))}
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger) and final:
-            lg.log_hyperparams(hparams, metrics=final)
-            # Lightning closed the writer after testing; this reopened it: flush and close it,
-            # or the summaries may still sit in its queue when the process exits.
-            lg.finalize("success")
+            lg.log_final_metrics(final, step)
 
 
 def optimized(cfg: DictConfig, metrics: dict[str, float]) -> float | None:

@@ -41,6 +41,8 @@ class ProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         shown = super().get_metrics(trainer, pl_module)
+        # Lightning shows the last 4 characters of the logger's version; ours is a run name
+        shown.pop("v_num", None)
         for name, value in trainer.callback_metrics.items():
             if name.startswith(f"{TRAIN}/"):
                 shown[name] = value.item()

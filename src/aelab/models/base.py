@@ -97,6 +97,11 @@ class AutoencoderModule(L.LightningModule):
             torch.cuda.set_rng_state_all(states["cuda"])
         self._rng_states_to_restore = None
 
+    def on_train_epoch_start(self) -> None:
+        if self.scheduler_factory is not None:
+            # The rate of this epoch (the scheduler steps once per epoch), logged as `lr`.
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

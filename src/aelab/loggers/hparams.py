@@ -1,0 +1,164 @@
+"""What a run is compared by: the keys a sweep varies, the run's name made of them, and the
+hyperparameters of TensorBoard's HParams view.
+
+Only Hydra and OmegaConf are used here. A sweep's varied keys are the sweep overrides of its
+command line (recorded by Hydra's basic sweeper in `<sweep dir>/multirun.yaml`) and the keys
+of `hydra.sweeper.params` (where Optuna's search space lives); folders never count.
+"""
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+SINGLE_RUN = "tensorboard"  # the run folder of a single run, or of a sweep that varies nothing
+MAX_NAME = 64  # characters of a run name; a longer one keeps its start and a hash of the rest
+UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")  # what a folder name does not keep
+# Compared by every run, after the swept keys. A config group (model, net, scheduler) shows the
+# option chosen (`vae`), a config node with a _target_ its class (`Adam`).
+COMPARED = (
+    "model",
+    "net",
+    "model.latent_dim",
+    "model.net.hidden_dims",
+    "model.net.channels",
+    "model.net.activation",
+    "model.likelihood",
+    "model.gaussian_std",
+    "model.beta",
+    "model.kl_warmup_epochs",
+    "model.noise",
+    "model.noise_level",
+    "model.latent_activation",
+    "model.output_activation",
+    "model.optimizer",
+    "model.optimizer.lr",
+    "model.optimizer.weight_decay",
+    "scheduler",
+    "data.dataset",
+    "data.batch_size",
+    "trainer.max_epochs",
+    "trainer.precision",
+    "seed",
+    "tags",
+)
+GROUP_NODES = {"net": "model.net", "scheduler": "model.scheduler"}  # groups not at their name
+
+
+def is_path(key: str) -> bool:
+    """Whether override `key` names a folder or file (`paths.*`, `data.data_dir`, `ckpt_path`):
+    never what tells runs apart."""
+    last = key.rsplit(".", 1)[-1]
+    return key.split(".", 1)[0] in ("paths", "hydra") or last.endswith(("dir", "path", "_from"))
+
+
+def _parse(overrides: list[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def _hydra() -> DictConfig | None:
+    """This job's Hydra config in a multirun; None in a single run or outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get()
+
+
+def swept_keys() -> list[str]:
+    """The keys this job's multirun varies, in the order given (none outside a multirun)."""
+    hydra_cfg = _hydra()
+    if hydra_cfg is None:
+        return []
+    sweeps: list[str] = []
+    command_line = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    if command_line.is_file():
+        sweeps += list(OmegaConf.load(command_line).hydra.overrides.task)
+    params = hydra_cfg.sweeper.get("params") or {}
+    sweeps += [f"{key}={value}" for key, value in params.items()]
+    keys = [o.key_or_group for o in _parse(sweeps) if o.is_sweep_override()]
+    return [key for key in dict.fromkeys(keys) if not is_path(key)]
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Each key's shortest dotted tail that no other key shares and that is not a bare list
+    index: `model.latent_dim` -> `latent_dim`, `model.net.hidden_dims.0` -> `hidden_dims.0`."""
+    short = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            clash = any(other != key and f".{other}".endswith(f".{tail}") for other in keys)
+            if not parts[-n].isdigit() and not clash:
+                break
+        short[key] = tail
+    return short
+
+
+def _short_value(value: str) -> str:
+    """Floats to four significant digits (Optuna draws 0.000345678...), the rest as given."""
+    if re.fullmatch(r"-?\d*\.\d*(e-?\d+)?|-?\d+e-?\d+", value):
+        return f"{float(value):.4g}"
+    return value.strip("[]'\"")
+
+
+def name_of(overrides: list[str], swept: list[str]) -> str:
+    """The run name for a job with these overrides: `key=value` of each swept key, joined by
+    commas, keys shortened (`short_keys`), safe as a folder name, at most MAX_NAME characters
+    (a longer one keeps its start and ends in a hash of the whole); SINGLE_RUN if none."""
+    chosen = {o.key_or_group: o for o in _parse(overrides) if o.key_or_group in swept}
+    keys = [key for key in swept if key in chosen]
+    short = short_keys(keys)
+    parts = [f"{short[key]}={_short_value(chosen[key].get_value_element_as_str())}" for key in keys]
+    name = UNSAFE.sub("_", ",".join(parts))
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_NAME - 9]}-{digest}"
+    return name or SINGLE_RUN
+
+
+def run_name() -> str:
+    """This run's TensorBoard name: in a multirun, the overrides that tell its jobs apart
+    (`latent_dim=8`); SINGLE_RUN otherwise."""
+    hydra_cfg = _hydra()
+    if hydra_cfg is None:
+        return SINGLE_RUN
+    return name_of(list(hydra_cfg.overrides.task), swept_keys())
+
+
+def _choices() -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+
+
+def _value(cfg: DictConfig, name: str, choices: dict[str, Any]) -> Any:
+    """What HParams shows for `name`: a group's chosen option, a _target_'s class name, a list
+    as text, a value as it is (None: not set)."""
+    if name in choices:
+        return choices[name] or "none"
+    node = OmegaConf.select(cfg, GROUP_NODES.get(name, name))
+    if isinstance(node, DictConfig):
+        target = node.get("_target_")
+        return target.rsplit(".", 1)[-1] if target else None
+    if name in GROUP_NODES and node is None:
+        return "none"
+    if isinstance(node, ListConfig) and name == "tags":
+        return ",".join(map(str, node)) or None
+    if isinstance(node, ListConfig):
+        return str(list(node))
+    return node
+
+
+def compared_hparams(cfg: DictConfig, seed: int) -> dict[str, Any]:
+    """The hyperparameters runs are compared by, flat (`model.latent_dim`), the swept keys
+    first, then COMPARED; unset ones left out. `seed` is the one used (a null seed is drawn)."""
+    choices = _choices()
+    values = {name: _value(cfg, name, choices) for name in [*swept_keys(), *COMPARED]}
+    values["seed"] = seed
+    return {name: value for name, value in values.items() if value is not None}
