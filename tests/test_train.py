@@ -94,6 +94,8 @@ def test_train_returns_the_tested_checkpoints_metric_not_the_last_epochs(
 
     best = next(p for p in (tmp_path / "checkpoints").iterdir() if p.name != "last.ckpt")
     assert best.name == "epoch_000.ckpt"
+    # last.ckpt follows every epoch, also those that were not the best
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
     checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["val_metrics"]["val/loss"] == value
     assert checkpoint["hyper_parameters"]["latent_dim"] == 3

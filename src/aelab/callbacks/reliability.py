@@ -83,7 +83,11 @@ class InterruptCheckpoint(L.Callback):
 
     def _stop_if_asked(self, trainer: L.Trainer) -> None:
         reason = self._requested or ("SIGTERM" if trainer.received_sigterm else None)
-        if trainer.world_size > 1:  # every rank stops at the same batch
+        if trainer.world_size > 1:
+            # Every rank stops at the same batch: agreed on by a collective, on the logging
+            # steps only (each is a host sync on a GPU) and at the epoch's end.
+            if trainer.global_step % trainer.log_every_n_steps and not trainer.is_last_batch:
+                return
             stop = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
             reason = reason or ("another rank's signal" if stop else None)
         if reason is None:
@@ -142,7 +146,13 @@ class DivergenceGuard(L.Callback):
         self.monitor = monitor
 
     def _fail(self, trainer: L.Trainer, what: str, value: float) -> None:
-        last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        saved = [
+            Path(path)
+            for cb in trainer.checkpoint_callbacks
+            for path in (cb.last_model_path, cb.best_model_path)
+        ]
+        saved = [p for p in saved if p.name and p.is_file()]
+        last = max(saved, key=lambda p: p.stat().st_mtime) if saved else None
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         raise TrainingDiverged(
             f"training diverged: {what} is {value} at step {trainer.global_step} "
