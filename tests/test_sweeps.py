@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import time
 import weakref
 from types import SimpleNamespace
@@ -249,3 +250,79 @@ def test_results_print_at_least_four_significant_digits():
         "105.5612",
         "3",
     ]
+
+
+FAILER = """
+import lightning as L
+
+
+class FailOn(L.Callback):
+    \"\"\"Makes the one job whose `job` equals `fail` raise when training starts.\"\"\"
+
+    def __init__(self, job: str, fail: str) -> None:
+        self.fail = job == fail
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.fail:
+            raise RuntimeError("this seed fails")
+"""
+
+
+@pytest.fixture(scope="module")
+def seeds_sweep(data_dir, tmp_path_factory):
+    """model=ae,vae seed=1,2,3, where the VAE's seed 3 fails."""
+    root = tmp_path_factory.mktemp("seeds")
+    (root / "failer.py").write_text(FAILER)
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = run_train(
+        "-m",
+        "model=ae,vae",
+        "seed=1,2,3",
+        "+callbacks.failer._target_=failer.FailOn",
+        "+callbacks.failer.job=${model._target_}-${seed}",
+        "+callbacks.failer.fail=aelab.models.VAE-3",
+        *small_run_overrides(data_dir),
+        *QUICK,
+        f"hydra.sweep.dir={root / 'sweep'}",
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return root / "sweep", result
+
+
+def test_a_sweep_over_seeds_is_summarised_with_error_bars(seeds_sweep):
+    sweep_dir, result = seeds_sweep
+    records = [jobs.read_record(sweep_dir / str(job)) for job in range(6)]
+    assert [r["status"] for r in records] == ["ok"] * 5 + ["failed"]
+    with open(sweep_dir / "summary.csv") as f:
+        ae, vae = csv.DictReader(f)
+    assert (ae["overrides"], ae["n"], ae["failed"]) == ("model=ae", "3", "0")
+    assert (vae["overrides"], vae["n"], vae["failed"]) == ("model=vae", "2", "1")
+    for row, model, seeds in ((ae, "model=ae", 3), (vae, "model=vae", 2)):
+        losses = [
+            r["metrics"]["val/loss"]
+            for r in records
+            if r["overrides"].startswith(model) and r["status"] == "ok"
+        ]
+        assert len(losses) == seeds
+        assert float(row["val/loss_mean"]) == pytest.approx(statistics.mean(losses), rel=1e-9)
+        assert float(row["val/loss_std"]) == pytest.approx(statistics.stdev(losses), rel=1e-9)
+        assert float(row["test/loss_std"]) > 0
+    assert vae["val/kl_mean"] and not ae["val/kl_mean"]
+    markdown = (sweep_dir / "summary.md").read_text().splitlines()
+    assert len(markdown) == 4 and " ± " in markdown[2] and "model=vae" in markdown[3]
+    assert "grouped by their overrides but seed" in result.stdout
+
+
+def test_one_job_has_a_mean_and_no_spread():
+    from aelab.sweeps.summary import summarize
+
+    records = [
+        {"overrides": f"model={m} seed={s}", "status": "ok", "metrics": {"val/loss": v}}
+        for m, s, v in (("ae", 1, 1.0), ("ae", 2, 3.0), ("vae", 1, 5.0))
+    ]
+    records.append({"overrides": "model=vae seed=2", "status": "pruned", "metrics": {}})
+    summary = summarize(records).set_index("overrides")
+    assert summary.loc["model=ae", "val/loss_std"] == pytest.approx(math.sqrt(2))  # ddof=1
+    assert summary.loc["model=vae", ["n", "pruned", "val/loss_mean"]].tolist() == [1, 1, 5.0]
+    assert math.isnan(summary.loc["model=vae", "val/loss_std"])
