@@ -12,8 +12,10 @@ import weakref
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from conftest import output_of, run_train, small_run_overrides, start_train
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from aelab.config import CONFIG_DIR
@@ -171,9 +173,15 @@ def test_a_killed_joblib_job_fails_alone(data_dir, tmp_path):
 
 def test_every_experiment_trains(data_dir, tmp_path):
     experiments = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-    assert experiments == ["deep_ae_fashion", "simple_ae", "tanh_ae_3d", "vae_mnist"]
+    assert experiments == [
+        "deep_ae_fashion",
+        "iwae_vae_mnist",
+        "simple_ae",
+        "tanh_ae_3d",
+        "vae_mnist",
+    ]
     _, rows = sweep(data_dir, tmp_path, f"experiment={','.join(experiments)}")
-    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert [r["status"] for r in rows] == ["ok"] * 5
 
 
 def test_experiments_match_the_tutorials(compose_cfg):
@@ -193,6 +201,39 @@ def test_experiments_match_the_tutorials(compose_cfg):
         5e-3,
         3,
     )
+
+
+def test_the_iwae_experiment_is_burda_et_al_s_vae(compose_cfg):
+    cfg = compose_cfg("experiment=iwae_vae_mnist")
+    model = cfg.model
+    assert model._target_ == "aelab.models.VAE" and model.likelihood == "bernoulli"
+    assert (model.net._target_, model.net.hidden_dims, model.net.activation) == (
+        "aelab.nets.MLP",
+        [200, 200],
+        "tanh",
+    )
+    assert model.latent_dim == 50 and model.optimizer._target_ == "torch.optim.Adam"
+    assert (model.optimizer.lr, list(model.optimizer.betas), model.optimizer.eps) == (
+        1e-3,
+        [0.9, 0.999],
+        1e-4,
+    )
+    assert model.scheduler._target_ == "aelab.schedulers.StagedDecay"
+    assert (model.scheduler.growth, model.scheduler.stages_per_decade) == (3, 7)
+    assert (cfg.data.dataset, cfg.data.batch_size, cfg.data.binarize) == ("mnist", 20, "dynamic")
+    vae = instantiate(model, image_shape=[1, 28, 28], _convert_="all")
+    linears = [m for m in vae.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (784, 200),
+        (200, 200),
+        (50, 200),
+        (200, 200),
+        (200, 784),
+        (200, 50),  # mu
+        (200, 50),  # log sigma^2
+    ]
+    assert {type(m) for m in vae.net.modules()} >= {torch.nn.Tanh}
+    assert not {torch.nn.ReLU} & {type(m) for m in vae.net.modules()}
 
 
 def test_slurm_launcher_config(compose_cfg):
