@@ -5,6 +5,7 @@ import gc
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import time
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import output_of, run_train, small_run_overrides, start_train
+from conftest import output_of, run_python, run_train, small_run_overrides, start_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -311,7 +312,7 @@ class FailOn(L.Callback):
 
 @pytest.fixture(scope="module")
 def seeds_sweep(data_dir, tmp_path_factory):
-    """model=ae,vae seed=1,2,3, where the VAE's seed 3 fails."""
+    """model=ae,vae seed=1,2,3 on binarized images, where the VAE's seed 3 fails."""
     root = tmp_path_factory.mktemp("seeds")
     (root / "failer.py").write_text(FAILER)
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -322,6 +323,8 @@ def seeds_sweep(data_dir, tmp_path_factory):
         "+callbacks.failer._target_=failer.FailOn",
         "+callbacks.failer.job=${model._target_}-${seed}",
         "+callbacks.failer.fail=aelab.models.VAE-3",
+        "data.binarize=dynamic",
+        "trainer.limit_test_batches=1.0",  # the whole test set, as aelab.eval tests on
         *small_run_overrides(data_dir),
         *QUICK,
         f"hydra.sweep.dir={root / 'sweep'}",
@@ -367,3 +370,40 @@ def test_one_job_has_a_mean_and_no_spread():
     assert summary.loc["model=ae", "val/loss_std"] == pytest.approx(math.sqrt(2))  # ddof=1
     assert summary.loc["model=vae", ["n", "pruned", "val/loss_mean"]].tolist() == [1, 1, 5.0]
     assert math.isnan(summary.loc["model=vae", "val/loss_std"])
+
+
+def test_eval_of_a_sweep_summarises_every_job_s_tested_checkpoint(seeds_sweep, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(seeds_sweep[0], sweep_dir)
+    for lost in (sweep_dir / "0" / "checkpoints").glob("epoch_*.ckpt"):
+        lost.unlink()  # as if job 0's tested checkpoint had been lost
+    result = run_python(
+        "-m",
+        "aelab.eval",
+        f"ckpt_path={sweep_dir}",
+        "iw_samples=20",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    with open(sweep_dir / "eval_results.csv") as f:
+        evaluated = list(csv.DictReader(f))
+    with open(sweep_dir / "results.csv") as f:
+        trained = list(csv.DictReader(f))
+    assert [r["status"] for r in evaluated] == ["failed", "ok", "ok", "ok", "ok", "failed"]
+    assert evaluated[0]["error"].endswith(
+        "checkpoints: no checkpoint of epoch 0, the one it tested"
+    )
+    assert evaluated[5]["error"] == "training failed: RuntimeError: this seed fails"
+    for job in (1, 2, 3, 4):
+        # the tested checkpoint, on the same binary test set as in training
+        assert evaluated[job]["test/loss"] == trained[job]["test/loss"], job
+    with open(sweep_dir / "eval_summary.csv") as f:
+        ae, vae = csv.DictReader(f)
+    assert [(g["overrides"], g["n"], g["failed"]) for g in (ae, vae)] == [
+        ("model=ae", "2", "1"),
+        ("model=vae", "2", "1"),
+    ]
+    assert float(vae["test/nll_iw_std"]) > 0 and not ae["test/nll_iw_mean"]
+    assert 0 <= float(ae["test/knn_acc_mean"]) <= 1
+    assert (tmp_path / "eval" / "4" / "tensorboard").is_dir()
+    assert "grouped by their overrides but seed" in result.stdout
