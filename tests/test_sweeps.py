@@ -407,3 +407,13 @@ def test_eval_of_a_sweep_summarises_every_job_s_tested_checkpoint(seeds_sweep, t
     assert 0 <= float(ae["test/knn_acc_mean"]) <= 1
     assert (tmp_path / "eval" / "4" / "tensorboard").is_dir()
     assert "grouped by their overrides but seed" in result.stdout
+    # a list of checkpoints: grouped by their runs' overrides, tables in the evaluation's folder
+    from aelab.evaluation.runs import jobs_to_evaluate
+
+    tested = [next((sweep_dir / j / "checkpoints").glob("epoch_*")) for j in ("1", "3")]
+    jobs, folder = jobs_to_evaluate(OmegaConf.create({"c": [str(p) for p in tested]}).c)
+    assert folder is None and [j.checkpoint for j in jobs] == tested
+    assert [j.overrides.split()[:2] for j in jobs] == [
+        ["model=ae", "seed=2"],
+        ["model=vae", "seed=1"],
+    ]
