@@ -370,6 +370,12 @@ def test_one_job_has_a_mean_and_no_spread():
     assert summary.loc["model=ae", "val/loss_std"] == pytest.approx(math.sqrt(2))  # ddof=1
     assert summary.loc["model=vae", ["n", "pruned", "val/loss_mean"]].tolist() == [1, 1, 5.0]
     assert math.isnan(summary.loc["model=vae", "val/loss_std"])
+    every_job_failed = [
+        {"overrides": f"seed={s}", "status": "failed", "metrics": {}} for s in (1, 2)
+    ]
+    assert summarize(every_job_failed).to_dict("records") == [
+        {"overrides": "", "n": 0, "failed": 2, "pruned": 0}
+    ]
 
 
 def test_eval_of_a_sweep_summarises_every_job_s_tested_checkpoint(seeds_sweep, tmp_path):

@@ -44,10 +44,12 @@ def summarize(records: list[dict]) -> pd.DataFrame:
     groups = jobs["overrides"].unique()
     counts = pd.crosstab(jobs["overrides"], jobs["status"])
     counts = counts.reindex(index=groups, columns=["ok", *STATUSES], fill_value=0)
-    finished = jobs[jobs["status"] == "ok"]
-    stats = finished.groupby("overrides")[metrics].agg(["mean", "std"]).reindex(groups)
-    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-    summary = counts.rename(columns={"ok": "n"}).join(stats)
+    summary = counts.rename(columns={"ok": "n"})
+    if metrics:  # none when every job failed
+        finished = jobs[jobs["status"] == "ok"]
+        stats = finished.groupby("overrides")[metrics].agg(["mean", "std"]).reindex(groups)
+        stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+        summary = summary.join(stats)
     return summary.rename_axis("overrides").reset_index()
 
 
