@@ -16,7 +16,7 @@ def test_groups_have_the_documented_options():
     assert {"mnist", "fashion", "idx"} <= set(DATA)
     for group, options in {
         "net": {"mlp", "conv"},
-        "scheduler": {"cosine", "step"},
+        "scheduler": {"cosine", "step", "iwae"},
         "trainer": {"default", "cpu", "gpu"},
         "logger": {"tensorboard", "csv", "none"},
         "debug": {"fast", "overfit"},
@@ -160,7 +160,7 @@ def test_help_lists_groups_and_options():
         "net: conv, mlp",
         "data: fashion, idx, mnist",
         "logger: csv, none, tensorboard",
-        "scheduler: cosine, step",
+        "scheduler: cosine, iwae, step",
         "trainer: cpu, ddp, ddp_cpu, default, gpu",
     ]:
         assert line in result.stdout

@@ -244,3 +244,56 @@ def test_the_permutation_is_drawn_on_the_cpu_whatever_the_data_device():
     elsewhere = BatchIndices(100, 10, shuffle=True, seed=5, epoch=lambda: 2, device="meta")
     shard = elsewhere.shard()
     assert shard.device.type == "meta" and shard.shape == on_cpu.shard().shape
+
+
+def is_binary(images: torch.Tensor) -> bool:
+    return bool(((images == 0) | (images == 1)).all())
+
+
+def test_dynamic_binarization_draws_new_pixels_every_epoch(data_dir):
+    dm = datamodule(data_dir, binarize="dynamic")
+    # overfit_batches: the same images every epoch, so only their binarization may differ
+    first, second = first_batches_of_each_epoch(dm, max_epochs=2, overfit_batches=1)
+    grey = to_float(dm.train_set.images[:50])
+    assert is_binary(first) and is_binary(second) and not torch.equal(first, second)
+    assert (first != second).float().mean() > 0.05
+    # each pixel is 1 with probability grey / 255
+    assert (first + second).mean() / 2 == pytest.approx(grey.mean().item(), abs=0.01)
+    again = datamodule(data_dir, binarize="dynamic")
+    assert torch.equal(
+        first_batches_of_each_epoch(again, max_epochs=1, overfit_batches=1)[0], first
+    )
+
+
+def test_static_binarization_gives_the_same_training_images_every_epoch(data_dir):
+    dm = datamodule(data_dir, binarize="static")
+    first, second = first_batches_of_each_epoch(dm, max_epochs=2, overfit_batches=1)
+    assert is_binary(first) and torch.equal(first, second)
+    assert torch.equal(first, to_float(dm.train_set.images[:50]))
+
+
+def test_every_run_sees_the_same_binary_validation_and_test_images(data_dir):
+    runs = [datamodule(data_dir, binarize=b, seed=s) for b, s in [("dynamic", 1), ("dynamic", 2)]]
+    runs.append(datamodule(data_dir, binarize="static", seed=3))
+    for dm in runs:
+        dm.setup()
+    a, b, static = runs
+    for split in ("val_set", "test_set"):
+        images = getattr(a, split).images
+        assert is_binary(to_float(images)) and images.float().mean() > 10
+        assert torch.equal(getattr(b, split).images, images)
+        assert torch.equal(getattr(static, split).images, images)
+    # the seed draws the training pixels: runs with different seeds see different ones
+    x_a, x_b = (next(iter(dm.train_dataloader()))[0] for dm in (a, b))
+    assert is_binary(x_a) and is_binary(x_b) and not torch.equal(x_a, x_b)
+    grey = datamodule(data_dir)
+    grey.setup()
+    assert not is_binary(to_float(grey.test_set.images))
+
+
+def test_an_unknown_binarization_names_the_key_and_the_choices(data_dir):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.binarize='yes' is not allowed; it must be dynamic, static or null$",
+    ):
+        datamodule(data_dir, binarize="yes")

@@ -1,5 +1,6 @@
 """Convolutional models, beta-VAE, likelihoods, denoising and folders of your own IDX files."""
 
+import itertools
 import math
 from functools import partial
 
@@ -140,3 +141,22 @@ def test_models_use_partial_optimizer():
         (1, 8, 8), net={**CONV, "channels": [4]}, optimizer=partial(torch.optim.SGD, lr=0.1)
     )
     assert isinstance(model.configure_optimizers(), torch.optim.SGD)
+
+
+def test_the_iwae_schedule_is_burda_et_al_s():
+    """lr = 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7: epochs 0 | 1-3 | 4-12 | 13-39 | ..."""
+    from aelab.schedulers import StagedDecay
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = StagedDecay(optimizer, growth=3, stages_per_decade=7)
+    stage_ends = list(itertools.accumulate(3**i for i in range(8)))  # 1, 4, 13, ..., 3280
+    assert stage_ends[-1] == 3280
+    for epoch in range(3280):
+        stage = next(i for i, end in enumerate(stage_ends) if epoch < end)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 10 ** (-stage / 7)), epoch
+        optimizer.step()
+        scheduler.step()
+    # after the paper's 3,280 epochs the schedule goes on with stage 8
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 10 ** (-8 / 7))
+    with pytest.raises(ConfigError, match=r"^model.scheduler.growth=0 must be an integer >= 1$"):
+        StagedDecay(optimizer, growth=0)

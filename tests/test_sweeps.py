@@ -5,14 +5,18 @@ import gc
 import json
 import math
 import os
+import shutil
 import signal
+import statistics
 import time
 import weakref
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
-from conftest import output_of, run_train, small_run_overrides, start_train
+from conftest import output_of, run_python, run_train, small_run_overrides, start_train
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from aelab.config import CONFIG_DIR
@@ -170,9 +174,15 @@ def test_a_killed_joblib_job_fails_alone(data_dir, tmp_path):
 
 def test_every_experiment_trains(data_dir, tmp_path):
     experiments = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-    assert experiments == ["deep_ae_fashion", "simple_ae", "tanh_ae_3d", "vae_mnist"]
+    assert experiments == [
+        "deep_ae_fashion",
+        "iwae_vae_mnist",
+        "simple_ae",
+        "tanh_ae_3d",
+        "vae_mnist",
+    ]
     _, rows = sweep(data_dir, tmp_path, f"experiment={','.join(experiments)}")
-    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert [r["status"] for r in rows] == ["ok"] * 5
 
 
 def test_experiments_match_the_tutorials(compose_cfg):
@@ -192,6 +202,39 @@ def test_experiments_match_the_tutorials(compose_cfg):
         5e-3,
         3,
     )
+
+
+def test_the_iwae_experiment_is_burda_et_al_s_vae(compose_cfg):
+    cfg = compose_cfg("experiment=iwae_vae_mnist")
+    model = cfg.model
+    assert model._target_ == "aelab.models.VAE" and model.likelihood == "bernoulli"
+    assert (model.net._target_, model.net.hidden_dims, model.net.activation) == (
+        "aelab.nets.MLP",
+        [200, 200],
+        "tanh",
+    )
+    assert model.latent_dim == 50 and model.optimizer._target_ == "torch.optim.Adam"
+    assert (model.optimizer.lr, list(model.optimizer.betas), model.optimizer.eps) == (
+        1e-3,
+        [0.9, 0.999],
+        1e-4,
+    )
+    assert model.scheduler._target_ == "aelab.schedulers.StagedDecay"
+    assert (model.scheduler.growth, model.scheduler.stages_per_decade) == (3, 7)
+    assert (cfg.data.dataset, cfg.data.batch_size, cfg.data.binarize) == ("mnist", 20, "dynamic")
+    vae = instantiate(model, image_shape=[1, 28, 28], _convert_="all")
+    linears = [m for m in vae.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (784, 200),
+        (200, 200),
+        (50, 200),
+        (200, 200),
+        (200, 784),
+        (200, 50),  # mu
+        (200, 50),  # log sigma^2
+    ]
+    assert {type(m) for m in vae.net.modules()} >= {torch.nn.Tanh}
+    assert not {torch.nn.ReLU} & {type(m) for m in vae.net.modules()}
 
 
 def test_slurm_launcher_config(compose_cfg):
@@ -248,4 +291,135 @@ def test_results_print_at_least_four_significant_digits():
         "0.06900",
         "105.5612",
         "3",
+    ]
+
+
+FAILER = """
+import lightning as L
+
+
+class FailOn(L.Callback):
+    \"\"\"Makes the one job whose `job` equals `fail` raise when training starts.\"\"\"
+
+    def __init__(self, job: str, fail: str) -> None:
+        self.fail = job == fail
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.fail:
+            raise RuntimeError("this seed fails")
+"""
+
+
+@pytest.fixture(scope="module")
+def seeds_sweep(data_dir, tmp_path_factory):
+    """model=ae,vae seed=1,2,3 on binarized images, where the VAE's seed 3 fails."""
+    root = tmp_path_factory.mktemp("seeds")
+    (root / "failer.py").write_text(FAILER)
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = run_train(
+        "-m",
+        "model=ae,vae",
+        "seed=1,2,3",
+        "+callbacks.failer._target_=failer.FailOn",
+        "+callbacks.failer.job=${model._target_}-${seed}",
+        "+callbacks.failer.fail=aelab.models.VAE-3",
+        "data.binarize=dynamic",
+        "trainer.limit_test_batches=1.0",  # the whole test set, as aelab.eval tests on
+        *small_run_overrides(data_dir),
+        *QUICK,
+        f"hydra.sweep.dir={root / 'sweep'}",
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return root / "sweep", result
+
+
+def test_a_sweep_over_seeds_is_summarised_with_error_bars(seeds_sweep):
+    sweep_dir, result = seeds_sweep
+    records = [jobs.read_record(sweep_dir / str(job)) for job in range(6)]
+    assert [r["status"] for r in records] == ["ok"] * 5 + ["failed"]
+    with open(sweep_dir / "summary.csv") as f:
+        ae, vae = csv.DictReader(f)
+    assert (ae["overrides"], ae["n"], ae["failed"]) == ("model=ae", "3", "0")
+    assert (vae["overrides"], vae["n"], vae["failed"]) == ("model=vae", "2", "1")
+    for row, model, seeds in ((ae, "model=ae", 3), (vae, "model=vae", 2)):
+        losses = [
+            r["metrics"]["val/loss"]
+            for r in records
+            if r["overrides"].startswith(model) and r["status"] == "ok"
+        ]
+        assert len(losses) == seeds
+        assert float(row["val/loss_mean"]) == pytest.approx(statistics.mean(losses), rel=1e-9)
+        assert float(row["val/loss_std"]) == pytest.approx(statistics.stdev(losses), rel=1e-9)
+        assert float(row["test/loss_std"]) > 0
+    assert vae["val/kl_mean"] and not ae["val/kl_mean"]
+    markdown = (sweep_dir / "summary.md").read_text().splitlines()
+    assert len(markdown) == 4 and " ± " in markdown[2] and "model=vae" in markdown[3]
+    assert "grouped by their overrides but seed" in result.stdout
+
+
+def test_one_job_has_a_mean_and_no_spread():
+    from aelab.sweeps.summary import summarize
+
+    records = [
+        {"overrides": f"model={m} seed={s}", "status": "ok", "metrics": {"val/loss": v}}
+        for m, s, v in (("ae", 1, 1.0), ("ae", 2, 3.0), ("vae", 1, 5.0))
+    ]
+    records.append({"overrides": "model=vae seed=2", "status": "pruned", "metrics": {}})
+    summary = summarize(records).set_index("overrides")
+    assert summary.loc["model=ae", "val/loss_std"] == pytest.approx(math.sqrt(2))  # ddof=1
+    assert summary.loc["model=vae", ["n", "pruned", "val/loss_mean"]].tolist() == [1, 1, 5.0]
+    assert math.isnan(summary.loc["model=vae", "val/loss_std"])
+    every_job_failed = [
+        {"overrides": f"seed={s}", "status": "failed", "metrics": {}} for s in (1, 2)
+    ]
+    assert summarize(every_job_failed).to_dict("records") == [
+        {"overrides": "", "n": 0, "failed": 2, "pruned": 0}
+    ]
+
+
+def test_eval_of_a_sweep_summarises_every_job_s_tested_checkpoint(seeds_sweep, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(seeds_sweep[0], sweep_dir)
+    for lost in (sweep_dir / "0" / "checkpoints").glob("epoch_*.ckpt"):
+        lost.unlink()  # as if job 0's tested checkpoint had been lost
+    result = run_python(
+        "-m",
+        "aelab.eval",
+        f"ckpt_path={sweep_dir}",
+        "iw_samples=20",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    with open(sweep_dir / "eval_results.csv") as f:
+        evaluated = list(csv.DictReader(f))
+    with open(sweep_dir / "results.csv") as f:
+        trained = list(csv.DictReader(f))
+    assert [r["status"] for r in evaluated] == ["failed", "ok", "ok", "ok", "ok", "failed"]
+    assert evaluated[0]["error"].endswith(
+        "checkpoints: no checkpoint of epoch 0, the one it tested"
+    )
+    assert evaluated[5]["error"] == "training failed: RuntimeError: this seed fails"
+    for job in (1, 2, 3, 4):
+        # the tested checkpoint, on the same binary test set as in training
+        assert evaluated[job]["test/loss"] == trained[job]["test/loss"], job
+    with open(sweep_dir / "eval_summary.csv") as f:
+        ae, vae = csv.DictReader(f)
+    assert [(g["overrides"], g["n"], g["failed"]) for g in (ae, vae)] == [
+        ("model=ae", "2", "1"),
+        ("model=vae", "2", "1"),
+    ]
+    assert float(vae["test/nll_iw_std"]) > 0 and not ae["test/nll_iw_mean"]
+    assert 0 <= float(ae["test/knn_acc_mean"]) <= 1
+    assert (tmp_path / "eval" / "4" / "tensorboard").is_dir()
+    assert "grouped by their overrides but seed" in result.stdout
+    # a list of checkpoints: grouped by their runs' overrides, tables in the evaluation's folder
+    from aelab.evaluation.runs import jobs_to_evaluate
+
+    tested = [next((sweep_dir / j / "checkpoints").glob("epoch_*")) for j in ("1", "3")]
+    jobs, folder = jobs_to_evaluate(OmegaConf.create({"c": [str(p) for p in tested]}).c)
+    assert folder is None and [j.checkpoint for j in jobs] == tested
+    assert [j.overrides.split()[:2] for j in jobs] == [
+        ["model=ae", "seed=2"],
+        ["model=vae", "seed=1"],
     ]

@@ -8,10 +8,20 @@ under the same names (`test/loss`, ...), plus the VAE's importance-weighted like
 Trainer chose (`accelerator=...`). Printed as a table and logged to TensorBoard in the
 evaluation's own run folder, with the latent pictures (projector, scatter, interpolation,
 traversal).
+
+Given a multirun's folder (`ckpt_path=logs/train/multiruns/<timestamp>`), it evaluates every
+job's tested (best) checkpoint and writes `eval_results.csv/md` (one row per job) and
+`eval_summary.csv/md` (grouped by every override but `seed`: mean, std, n) into that folder;
+given a list (`ckpt_path=[a.ckpt,b.ckpt]`), the same into its own run folder. Jobs whose
+training failed, or that left no checkpoint, are rows marked failed.
 """
 
+import gc
+import time
+from pathlib import Path
+
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aelab.config import CONFIG_MODULE, run_app
 from aelab.train import report_user_errors
@@ -79,10 +89,43 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def evaluate_all(cfg: DictConfig) -> list[dict]:
+    """Evaluate every checkpoint of a multirun's folder or a list (`cfg.ckpt_path`), each with
+    its events in `<this run>/<job>/`, and write the per-job table and the summary over seeds."""
+    from aelab.evaluation.runs import jobs_to_evaluate
+    from aelab.sweeps.jobs import one_line
+    from aelab.sweeps.summary import metric_columns, write_summary
+    from aelab.sweeps.table import write_table
+
+    jobs, folder = jobs_to_evaluate(cfg.ckpt_path)
+    records = []
+    for job in jobs:
+        record = {"job": job.job, "overrides": job.overrides, "status": job.status}
+        record |= {"metrics": {}, "error": job.error}
+        start = time.perf_counter()
+        if job.checkpoint is not None:
+            own = Path(cfg.paths.output_dir) / str(job.job)
+            one = {"ckpt_path": str(job.checkpoint), "paths": {"output_dir": str(own)}}
+            try:
+                record["metrics"] = evaluate(OmegaConf.merge(cfg, one))
+            except Exception as err:
+                record |= {"status": "failed", "error": one_line(err)}
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        records.append(record)
+        gc.collect()  # the job's Trainer, model and data sit in reference cycles
+    folder = folder or Path(cfg.paths.output_dir)
+    write_table(folder, records, "eval_results", metric_columns(records))
+    write_summary(folder, records, "eval_summary")
+    return records
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     with report_user_errors():
-        evaluate(cfg)
+        if isinstance(cfg.ckpt_path, ListConfig) or Path(cfg.ckpt_path).is_dir():
+            evaluate_all(cfg)
+        else:
+            evaluate(cfg)
 
 
 def main() -> None:

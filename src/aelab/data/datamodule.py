@@ -11,6 +11,13 @@ from torch.utils.data import DataLoader
 
 from aelab.config import writable_dir_error
 from aelab.data.batches import Batches, BatchIndices, TensorImages
+from aelab.data.binarize import (
+    BINARIZATIONS,
+    TEST_FILE,
+    TRAIN_FILE,
+    DynamicBinarization,
+    binarized_once,
+)
 from aelab.data.idx import incomplete_reason, read_idx, read_idx_shape
 from aelab.errors import ConfigError, DataError
 
@@ -83,7 +90,8 @@ class ImageDataModule(L.LightningDataModule):
     needed); `setup` only reads and splits them. The official test set is never mixed into
     training or validation. `split_seed` chooses the validation images (the same in every run);
     `seed` (the run's top-level `seed`, set by training) the order of the training batches,
-    epoch by epoch.
+    epoch by epoch. `binarize` (`dynamic`, `static`, None: grey levels) makes the images
+    binary, as the likelihood literature does (`aelab.data.binarize`).
     """
 
     def __init__(
@@ -100,8 +108,14 @@ class ImageDataModule(L.LightningDataModule):
         on_device: bool = True,
         system_dirs: list[str] | None = None,
         path: str | None = None,
+        binarize: str | None = None,
     ) -> None:
         super().__init__()
+        if binarize not in BINARIZATIONS:
+            raise ConfigError(
+                f"data.binarize={binarize!r} is not allowed; it must be dynamic, static or null"
+            )
+        self.binarize = binarize
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset={dataset!r} is unknown; allowed: {sorted(DATASETS)}")
         self.info = DATASETS[dataset]
@@ -227,6 +241,11 @@ class ImageDataModule(L.LightningDataModule):
             return
         arrays = read_checked(self.files())
         train_images = arrays["train_images"].unsqueeze(1)
+        test_images = arrays["test_images"].unsqueeze(1)
+        fixed = train_images  # the training file's images that are never drawn again
+        if self.binarize is not None:
+            fixed = binarized_once(train_images, TRAIN_FILE)
+            test_images = binarized_once(test_images, TEST_FILE)
         val_size = self.val_size
         if isinstance(val_size, float) and 0 < val_size < 1:
             val_size = max(1, round(val_size * len(train_images)))
@@ -239,11 +258,11 @@ class ImageDataModule(L.LightningDataModule):
         order = torch.randperm(len(train_images), generator=generator)
         val, train = order[: int(val_size)], order[int(val_size) :]
         labels = arrays["train_labels"].long()
-        self.train_set = TensorImages(train_images[train], labels[train])
-        self.val_set = TensorImages(train_images[val], labels[val])
-        self.test_set = TensorImages(
-            arrays["test_images"].unsqueeze(1), arrays["test_labels"].long()
-        )
+        # dynamic: the grey training images, binarized afresh in every batch
+        train_file = train_images if self.binarize == "dynamic" else fixed
+        self.train_set = TensorImages(train_file[train], labels[train])
+        self.val_set = TensorImages(fixed[val], labels[val])
+        self.test_set = TensorImages(test_images, arrays["test_labels"].long())
         device = self._data_device()
         if device.type != "cpu":
             for data in (self.train_set, self.val_set, self.test_set):
@@ -276,7 +295,12 @@ class ImageDataModule(L.LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def _loader(
-        self, data: TensorImages | None, shuffle: bool, exact: bool = False, train: bool = False
+        self,
+        data: TensorImages | None,
+        shuffle: bool,
+        exact: bool = False,
+        train: bool = False,
+        fresh: bool = False,
     ) -> Batches:
         if data is None:
             raise RuntimeError("setup() must run before the dataloaders are requested")
@@ -305,17 +329,23 @@ class ImageDataModule(L.LightningDataModule):
         # Images become floats where the model runs: here, a chunk at a time, when the data is
         # there already; otherwise (data on the host, model on a GPU) each batch after its copy,
         # which then moves 4x fewer bytes.
+        transform = to_float if self._on_model_device(device) else None
+        if fresh:  # data.binarize=dynamic: new binary pixels each time, drawn where the data is
+            transform = DynamicBinarization(self.seed, sampler.epoch, then=transform)
         return Batches(
-            loader,
-            transform=to_float if self._on_model_device(device) else None,
-            trained=self._trained_batches if train else lambda: 0,
+            loader, transform=transform, trained=self._trained_batches if train else lambda: 0
         )
 
     def train_dataloader(self) -> Batches:
         # `trainer.overfit_batches` (debug=overfit) wants the same first batches every epoch.
         # Lightning can switch a plain DataLoader to sequential order, not this one: we do it.
         overfitting = self.trainer is not None and self.trainer.overfit_batches > 0
-        return self._loader(self.train_set, shuffle=not overfitting, train=True)
+        return self._loader(
+            self.train_set,
+            shuffle=not overfitting,
+            train=True,
+            fresh=self.binarize == "dynamic",
+        )
 
     def val_dataloader(self) -> Batches:
         # Equal shards under DDP: validation runs through the DDP wrapper, whose collectives

@@ -1,5 +1,7 @@
-"""A trained run, rebuilt from its checkpoint and the config saved beside it."""
+"""A trained run, rebuilt from its checkpoint and the config saved beside it; the checkpoints
+of a sweep (or a list) to evaluate."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,3 +50,88 @@ def load_run(ckpt_path: str | Path) -> Run:
     model = instantiate(config.model, image_shape=image_shape, _convert_="all")
     model.load_state_dict(check_checkpoint(ckpt_path, model, checkpoint)["state_dict"])
     return Run(config, model.eval())
+
+
+@dataclass
+class Job:
+    """One checkpoint of a sweep (or of a list) to evaluate, or why there is none."""
+
+    job: int
+    overrides: str
+    checkpoint: Path | None
+    status: str = "ok"  # a job whose training failed or was pruned keeps that status
+    error: str = ""
+
+
+def tested_checkpoint(job_dir: Path, best_epoch: float | None) -> Path:
+    """The checkpoint a finished sweep job tested: its best one, saved at the epoch that its
+    `result.json` names (`best_epoch`), whatever the checkpoint's file name."""
+    import torch
+
+    from aelab.config import RESUMABLE
+
+    folder = job_dir / "checkpoints"
+    if best_epoch is None:
+        raise ConfigError(f"{job_dir}: its result.json names no best_epoch (no best checkpoint)")
+    candidates = [
+        p
+        for p in sorted(folder.glob("*.ckpt"))
+        if p.name not in RESUMABLE and not p.name.startswith("last")
+    ]
+    tested = [
+        p
+        for p in candidates
+        if torch.load(p, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+        == best_epoch
+    ]
+    if not tested:
+        raise ConfigError(f"{folder}: no checkpoint of epoch {best_epoch:.0f}, the one it tested")
+    if len(tested) > 1:
+        raise ConfigError(
+            f"{folder}: {', '.join(p.name for p in tested)} are all of epoch {best_epoch:.0f}: "
+            "which one was tested is unknown; give the checkpoint itself"
+        )
+    return tested[0]
+
+
+def jobs_to_evaluate(ckpt_path: str | Path | Sequence[str]) -> tuple[list[Job], Path | None]:
+    """The checkpoints that `ckpt_path` names, and the folder their tables belong in:
+
+    - a multirun's folder: every job's tested checkpoint (from `<job>/result.json`), in job
+      order; a job whose training failed, or left no such checkpoint, is one without; the
+      folder is the multirun's;
+    - a list of checkpoints (inside their run folders), grouped by their runs' overrides; no
+      folder: the evaluation's own.
+    """
+    from aelab.sweeps.jobs import RESULT_FILE, read_record
+
+    if isinstance(ckpt_path, str | Path):
+        sweep_dir = Path(ckpt_path)
+        job_dirs = sorted(p.parent for p in sweep_dir.glob(f"*/{RESULT_FILE}"))
+        if not job_dirs:
+            raise ConfigError(
+                f"ckpt_path={str(ckpt_path)!r}: no job of a multirun in this folder "
+                f"(no */{RESULT_FILE}); give a checkpoint, a multirun's folder or a list of "
+                "checkpoints"
+            )
+        jobs = []
+        for job_dir in job_dirs:
+            record = read_record(job_dir)
+            job = Job(record["job"], record["overrides"], None, record["status"])
+            if record["status"] != "ok":
+                job.error = f"training {record['status']}: {record['error']}"
+            else:
+                try:
+                    job.checkpoint = tested_checkpoint(job_dir, record["metrics"].get("best_epoch"))
+                except ConfigError as err:
+                    job.status, job.error = "failed", str(err)
+            jobs.append(job)
+        return sorted(jobs, key=lambda j: j.job), sweep_dir
+    if not ckpt_path:
+        raise ConfigError("ckpt_path=[]: give at least one checkpoint")
+    jobs = []
+    for number, path in enumerate(ckpt_path):
+        overrides_file = Path(path).absolute().parent.parent / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+        jobs.append(Job(number, " ".join(map(str, overrides)), Path(path)))
+    return jobs, None

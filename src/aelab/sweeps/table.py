@@ -1,9 +1,11 @@
 """One results table per multirun, gathered from the jobs' records: `results.csv` and
-`results.md` in the sweep folder, and printed. Failed and pruned jobs are rows too."""
+`results.md` in the sweep folder, and printed. Failed and pruned jobs are rows too. Beside it,
+the summary over seeds (`aelab.sweeps.summary`): `summary.csv`, `summary.md`."""
 
 import csv
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -30,10 +32,12 @@ def collect(sweep_dir: Path) -> list[dict]:
     return sorted(records, key=lambda r: r["job"])
 
 
-def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+def table_rows(
+    records: list[dict], columns: Sequence[str] = COLUMNS
+) -> tuple[list[str], list[list[str]]]:
     """Header and rows; the overrides column keeps only what differs between jobs."""
     shared = set.intersection(*(set(r["overrides"].split()) for r in records))
-    present = [c for c in COLUMNS if any(c in r["metrics"] for r in records)]
+    present = [c for c in columns if any(c in r["metrics"] for r in records)]
     header = ["job", "overrides", "status", *present, "seconds", "error"]
     rows = [
         [
@@ -49,17 +53,23 @@ def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def write_table(sweep_dir: Path) -> None:
-    """Write and print the table of every job recorded under `sweep_dir` (none: nothing)."""
-    records = collect(sweep_dir)
+def write_table(
+    sweep_dir: Path,
+    records: list[dict] | None = None,
+    name: str = "results",
+    columns: Sequence[str] = COLUMNS,
+) -> None:
+    """Write `<name>.csv` and `<name>.md` and print the table of every job recorded under
+    `sweep_dir`, or of `records` (none: nothing)."""
+    records = collect(sweep_dir) if records is None else records
     if not records:
         return
-    header, rows = table_rows(records)
-    with open(sweep_dir / "results.csv", "w", newline="") as f:
+    header, rows = table_rows(records, columns)
+    with open(sweep_dir / f"{name}.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    (sweep_dir / "results.md").write_text("\n".join(lines) + "\n")
+    (sweep_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
 
     from rich.console import Console
     from rich.table import Table
@@ -78,7 +88,12 @@ def write_table(sweep_dir: Path) -> None:
 
 
 class ResultsTable(Callback):
-    """Hydra callback: after any multirun, one table of every job (CSV, Markdown, console)."""
+    """Hydra callback: after any multirun, one table of every job and their summary over seeds
+    (CSV, Markdown, console)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        write_table(Path(config.hydra.sweep.dir))
+        from aelab.sweeps.summary import write_summary
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        write_table(sweep_dir)
+        write_summary(sweep_dir, collect(sweep_dir))
