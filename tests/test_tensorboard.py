@@ -46,7 +46,8 @@ def test_names_stay_short_and_safe_as_folder_names():
 
 
 def test_an_optuna_search_names_its_runs_by_the_searched_keys(tmp_path, monkeypatch):
-    """Optuna writes no multirun.yaml: its searched keys are `hydra.sweeper.params`."""
+    """An Optuna search's varied keys are `hydra.sweeper.params`, less those its command line
+    (the sweep's multirun.yaml) fixes."""
     job = OmegaConf.create(
         {
             "sweep": {"dir": str(tmp_path)},
@@ -62,6 +63,9 @@ def test_an_optuna_search_names_its_runs_by_the_searched_keys(tmp_path, monkeypa
     monkeypatch.setattr(hp, "_hydra", lambda: job)
     assert hp.swept_keys() == ["model.optimizer.lr", "model.latent_dim"]
     assert hp.run_name() == "lr=0.0012,latent_dim=16"
+    command_line = {"hydra": {"overrides": {"task": ["hparams_search=x", "model.latent_dim=16"]}}}
+    OmegaConf.save(OmegaConf.create(command_line), tmp_path / "multirun.yaml")
+    assert hp.swept_keys() == ["model.optimizer.lr"]
 
 
 def test_hparams_are_what_runs_are_compared_by_swept_first(compose_cfg, monkeypatch):

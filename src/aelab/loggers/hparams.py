@@ -75,13 +75,15 @@ def swept_keys() -> list[str]:
     hydra_cfg = _hydra()
     if hydra_cfg is None:
         return []
-    sweeps: list[str] = []
-    command_line = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
-    if command_line.is_file():
-        sweeps += list(OmegaConf.load(command_line).hydra.overrides.task)
+    command_line: list[str] = []
+    multirun = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    if multirun.is_file():
+        command_line = list(OmegaConf.load(multirun).hydra.overrides.task)
+    # a search dimension that the command line fixes (data.batch_size=32) does not vary
+    fixed = {o.key_or_group for o in _parse(command_line) if not o.is_sweep_override()}
     params = hydra_cfg.sweeper.get("params") or {}
-    sweeps += [f"{key}={value}" for key, value in params.items()]
-    keys = [o.key_or_group for o in _parse(sweeps) if o.is_sweep_override()]
+    searched = [f"{key}={value}" for key, value in params.items() if key not in fixed]
+    keys = [o.key_or_group for o in _parse(command_line + searched) if o.is_sweep_override()]
     return [key for key in dict.fromkeys(keys) if not is_path(key)]
 
 
