@@ -68,6 +68,7 @@ def test_callbacks_are_called_at_batches_only_for_hooks_they_define(
     assert set(at_batches) <= defined, set(at_batches) - defined
     assert at_batches.count(("DivergenceGuard", "on_train_batch_end")) == 3
     assert at_batches.count(("ModelCheckpoint", "on_train_batch_end")) == 3
+    assert at_batches.count(("LastCheckpoint", "on_train_batch_end")) == 3
     # the other four training-step hooks are defined by none of them, and no longer called
     assert {hook for _, hook in at_batches} & set(BATCH_HOOKS[1:5]) == set()
 

@@ -3,6 +3,13 @@
 from aelab.callbacks.image_grids import ImageGrids
 from aelab.callbacks.latent_pictures import LatentPictures
 from aelab.callbacks.progress import ProgressBar
-from aelab.callbacks.reliability import DivergenceGuard, InterruptCheckpoint
+from aelab.callbacks.reliability import DivergenceGuard, InterruptCheckpoint, LastCheckpoint
 
-__all__ = ["DivergenceGuard", "ImageGrids", "InterruptCheckpoint", "LatentPictures", "ProgressBar"]
+__all__ = [
+    "DivergenceGuard",
+    "ImageGrids",
+    "InterruptCheckpoint",
+    "LastCheckpoint",
+    "LatentPictures",
+    "ProgressBar",
+]

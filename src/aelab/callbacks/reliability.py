@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from aelab.errors import ConfigError, Interrupted, TrainingDiverged
@@ -131,6 +132,27 @@ def requeue_slurm_job() -> str:
     return job
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """`<dirpath>/last.ckpt` at the end of every epoch, for `ckpt_path=last`. Its own callback:
+    ModelCheckpoint's `save_last` writes last.ckpt only when a best checkpoint is written too,
+    so once the metric stopped improving it would fall behind by as many epochs."""
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            enable_version_counter=False,
+        )
+
+    @property
+    def state_key(self) -> str:
+        # distinct from the best checkpoint's, also when that one monitors nothing either
+        return type(self).__name__
+
+
 class DivergenceGuard(L.Callback):
     """Stop with `TrainingDiverged` as soon as a checked loss is NaN or infinite.
 
@@ -142,7 +164,7 @@ class DivergenceGuard(L.Callback):
     all-reduce (on a closed connection) instead of reporting the divergence.
     """
 
-    def __init__(self, monitor: str = "val/loss") -> None:
+    def __init__(self, monitor: str | None = "val/loss") -> None:
         self.monitor = monitor
 
     def _fail(self, trainer: L.Trainer, what: str, value: float) -> None:
