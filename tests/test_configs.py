@@ -115,7 +115,7 @@ def test_optional_callbacks_are_added_by_name(compose_cfg, tmp_path):
     )
     callbacks = {type(c): c for c in instantiate_all(cfg.callbacks)}
     assert callbacks[EarlyStopping].patience == 5 and LearningRateMonitor in callbacks
-    assert len(callbacks) == 9  # the seven of `default` and the two added
+    assert len(callbacks) == 10  # the eight of `default` and the two added
     default = instantiate_all(compose_cfg(output_dir=tmp_path).callbacks)
     assert EarlyStopping not in {type(c) for c in default}
 

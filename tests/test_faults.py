@@ -37,8 +37,8 @@ class SignalAt(L.Callback):
 
 signal_module = signal
 """
-STEPS_PER_EPOCH = 112  # (1024 - 128 validation images) / batch 8
-STEP = STEPS_PER_EPOCH + 37  # in the middle of the second epoch
+STEPS_PER_EPOCH = 56  # (1024 - 128 validation images) / batch 16
+STEP = STEPS_PER_EPOCH + 19  # in the middle of the second epoch
 
 
 def args_for(data_dir: Path) -> list[str]:
@@ -47,7 +47,7 @@ def args_for(data_dir: Path) -> list[str]:
         "trainer.max_epochs=2",
         "trainer.deterministic=true",
         *small_run_overrides(data_dir),
-        "data.batch_size=8",
+        "data.batch_size=16",
         "callbacks.progress_bar=null",
     ]
 
