@@ -232,3 +232,34 @@ def test_a_sweep_folder_of_another_sweep_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs.HydraConfig, "get", staticmethod(lambda: job))
     with pytest.raises(ConfigError, match=r"holds another sweep: its job 0 ran 'model=ae'"):
         jobs.run_sweep_job(OmegaConf.create({}), lambda cfg: {}, lambda cfg, m: None)
+
+
+def _open_study(folder: str, results) -> None:
+    from aelab.sweeps.optuna import open_storage
+
+    try:
+        storage = open_storage(None, Path(folder))
+        optuna.create_study(study_name=STUDY, storage=storage, load_if_exists=True)
+        results.put("ok")
+    except Exception as err:
+        results.put(repr(err))
+
+
+def test_workers_creating_one_new_study_file_at_once_all_open_it(tmp_path):
+    """Three processes forked at once onto a study file that does not exist yet: SQLAlchemy's
+    table creation races (alembic's version row), and a worker that lost retries."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for attempt in range(10):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        results = context.Queue()
+        workers = [context.Process(target=_open_study, args=(str(folder), results)) for _ in "abc"]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        outcomes += [results.get(timeout=5) for _ in workers]
+    assert outcomes == ["ok"] * 30, [o for o in outcomes if o != "ok"]

@@ -105,17 +105,17 @@ def open_storage(url: str | None, sweep_dir: Path) -> "optuna.storages.RDBStorag
     """The study's storage: `url` (any database URL SQLAlchemy takes), else `study.db` in the
     sweep folder. SQLite waits for other workers' writes instead of failing at once."""
     import optuna
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     url = url or f"sqlite:///{(sweep_dir / STUDY_FILE).absolute()}"
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
-    for attempt in range(3):
+    for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-        except OperationalError:  # two workers creating the tables of a new file at once
-            if attempt == 2:
+        except (OperationalError, IntegrityError):  # two workers creating a new file at once
+            if attempt == 4:
                 raise
-            time.sleep(1 + attempt)
+            time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
 
 
