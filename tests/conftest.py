@@ -165,3 +165,26 @@ def short_run(compose_cfg, data_dir: Path, tmp_path: Path, *overrides: str):
     if cfg.speedups:
         speedups.apply(trainer, model)
     return model, datamodule, trainer
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two run folders ended with the same weights (last.ckpt) and test metrics, to 1e-6: what
+    an exact resume must give."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def final_state(run_dir: Path) -> tuple[dict, dict]:
+        checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        events = EventAccumulator(str(run_dir / "tensorboard"))
+        events.Reload()
+        tags = [t for t in events.Tags()["scalars"] if t.startswith("test/")]
+        return checkpoint["state_dict"], {t: events.Scalars(t)[-1].value for t in tags}
+
+    weights_a, tests_a = final_state(a)
+    weights_b, tests_b = final_state(b)
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        assert torch.allclose(weights_a[name], weights_b[name], atol=1e-6, rtol=0), name
+    assert tests_a.keys() == tests_b.keys() == {"test/loss", "test/recon", "test/kl"}
+    for tag in tests_a:
+        assert tests_a[tag] == pytest.approx(tests_b[tag], abs=1e-6)

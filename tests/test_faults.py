@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_python, run_train, small_run_overrides
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import REPO, assert_same_run, run_python, run_train, small_run_overrides
 
 from aelab.errors import RunLocked
 from aelab.runlock import LOCK_FILE, read_lock, run_lock
@@ -50,25 +49,6 @@ def args_for(data_dir: Path) -> list[str]:
         "data.batch_size=16",
         "callbacks.progress_bar=null",
     ]
-
-
-def final_state(run_dir: Path) -> tuple[dict, dict]:
-    weights = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    tests = {t: events.Scalars(t)[-1].value for t in events.Tags()["scalars"] if "test/" in t}
-    return weights, tests
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    weights_a, tests_a = final_state(a)
-    weights_b, tests_b = final_state(b)
-    assert weights_a.keys() == weights_b.keys()
-    for name in weights_a:
-        assert torch.allclose(weights_a[name], weights_b[name], atol=1e-6, rtol=0), name
-    assert tests_a.keys() == tests_b.keys() == {"test/loss", "test/recon", "test/kl"}
-    for tag in tests_a:
-        assert tests_a[tag] == pytest.approx(tests_b[tag], abs=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,15 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import N_TRAIN, REPO, run_train, small_run_overrides, write_dataset, write_idx
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import (
+    N_TRAIN,
+    REPO,
+    assert_same_run,
+    run_train,
+    small_run_overrides,
+    write_dataset,
+    write_idx,
+)
 
 from aelab.callbacks import DivergenceGuard
 from aelab.data import ImageDataModule
@@ -221,18 +228,6 @@ def test_diverging_run_exits_non_zero(data_dir, tmp_path):
     assert_one_line_error(result, "training diverged:", "at step")
 
 
-def _final_state(run_dir):
-    weights = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    tests = {
-        tag: events.Scalars(tag)[-1].value
-        for tag in events.Tags()["scalars"]
-        if tag.startswith("test/")
-    }
-    return weights, tests
-
-
 def signal_after_first_epoch(args: list[str], run_dir, signum: int) -> int:
     """Start `train.py ARGS`, send `signum` shortly after its first epoch's checkpoint appears,
     and return its exit code."""
@@ -274,14 +269,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data_dir, tmp_p
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming from" in resumed.stdout + resumed.stderr
 
-    weights_a, tests_a = _final_state(tmp_path / "a")
-    weights_b, tests_b = _final_state(run_dir)
-    assert weights_a.keys() == weights_b.keys()
-    for name in weights_a:
-        assert torch.allclose(weights_a[name], weights_b[name], atol=1e-6, rtol=0), name
-    assert tests_a.keys() == tests_b.keys() == {"test/loss", "test/recon", "test/kl"}
-    for tag in tests_a:
-        assert tests_a[tag] == pytest.approx(tests_b[tag], abs=1e-6)
+    assert_same_run(tmp_path / "a", run_dir)
 
 
 def test_run_folder_follows_the_checkpoint(tmp_path, monkeypatch):
