@@ -55,6 +55,17 @@ def write_dataset(
     return {k: write_idx(raw_dir / FILES[k], a, gz) for k, a in arrays.items()}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory) -> Path:
+    """What runs cache (the sample metrics' classifiers) goes to a temporary folder, in this
+    process and in every `train.py` or `aelab.eval` it starts, never into the clone."""
+    import os
+
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["AELAB_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """A data_dir holding small synthetic MNIST and FashionMNIST."""

@@ -111,9 +111,19 @@ def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_d
         "test/linear_acc",
         "test/knn_acc_pixels",
         "test/linear_acc_pixels",
+        "test/classifier_acc",
+        "test/fd_classifier",
+        "test/precision",
+        "test/recall",
     ):
         assert name in evaluated and name in result.stdout
     assert 0 < evaluated["test/nll_iw"] < evaluated["test/loss"] + 1
+    assert evaluated["test/fd_classifier"] > 0 and 0 <= evaluated["test/precision"] <= 1
+    # offline, without a weight file: one line says why there is no Inception FID
+    assert "test/fid" not in evaluated
+    output = (result.stdout + result.stderr).splitlines()
+    (skipped,) = [line for line in output if "test/fid skipped" in line]
+    assert "sample_metrics.inception_weights=PATH" in skipped
     assert 0 <= evaluated["test/knn_acc"] <= 1
     images, projector = _latent_pictures(tmp_path / "tensorboard")
     assert {"latent/scatter", "latent/interpolation", "latent/traversal"} <= images

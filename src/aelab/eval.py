@@ -24,6 +24,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aelab.config import CONFIG_MODULE, run_app
+from aelab.errors import ConfigError
 from aelab.train import report_user_errors
 
 
@@ -42,6 +43,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.sweeps.table import number
     from aelab.train import instantiate_all, quiet_lightning_console
 
+    weights = cfg.sample_metrics.inception_weights
+    if cfg.sample_metrics.inception and weights is not None and not Path(weights).is_file():
+        raise ConfigError(
+            f"sample_metrics.inception_weights={weights!r} is not a file; give the path of "
+            "torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or null to download it"
+        )
     quiet_lightning_console()
     L.seed_everything(cfg.seed)
     run = load_run(cfg.ckpt_path)
@@ -68,6 +75,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             metrics["test/nll_iw"] = importance_weighted_nll(
                 model, test.images, cfg.iw_samples, progress=True
             )
+    metrics |= sample_metrics(cfg, model, datamodule, run.config.data.dataset)
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
             log_latent_pictures(lg.experiment, model, datamodule, step=0)
@@ -83,6 +91,42 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     for name in sorted(metrics):
         table.add_row(name, number(metrics[name]))
     Console().print(table)
+    return metrics
+
+
+def sample_metrics(cfg: DictConfig, model, datamodule, dataset: str) -> dict[str, float]:
+    """Sample quality of a model that generates, in its dataset's classifier features (and
+    Inception's when its weights can be had); nothing for a model that cannot generate."""
+    from aelab.evaluation.classifier import Recipe, feature_classifier
+    from aelab.evaluation.samples import (
+        can_generate,
+        frechet_distance,
+        generated_images,
+        inception_fid,
+        precision_recall,
+    )
+
+    opts = cfg.sample_metrics
+    if opts.count <= 0 or not can_generate(model):
+        return {}
+    train, test = datamodule.train_set, datamodule.test_set
+    recipe = Recipe(epochs=opts.classifier_epochs)
+    classifier, accuracy = feature_classifier(
+        train, test, cfg.paths.cache_dir, dataset, recipe, cfg.accelerator
+    )
+    classifier.to(model.device)
+    count = min(opts.count, len(test))
+    real = test.images[:count]
+    fake = generated_images(model, train.images, count, cfg.seed, opts.mixture_components)
+    precision, recall = precision_recall(
+        classifier.features(real), classifier.features(fake), opts.nearest_k
+    )
+    metrics = {"test/classifier_acc": accuracy, "test/precision": precision, "test/recall": recall}
+    metrics["test/fd_classifier"] = frechet_distance(classifier, real, fake)
+    if opts.inception:
+        fid = inception_fid(real, fake, opts.inception_weights, model.device)
+        if fid is not None:
+            metrics["test/fid"] = fid
     return metrics
 
 

@@ -1,0 +1,118 @@
+"""Sample quality: how close a model's generated images come to the test images.
+
+- `test/fd_classifier`: the Fréchet distance (Heusel et al., 2017) between Gaussians fitted to the
+  two sets' features in the dataset's own classifier (`aelab.evaluation.classifier`),
+      ||mu_r - mu_g||^2 + tr(S_r + S_g - 2 (S_r S_g)^(1/2));
+- `test/precision`, `test/recall` (Kynkäänniemi et al., 2019) in the same features: the share of
+  generated images inside the real images' manifold (the union of balls reaching each real
+  image's k-th nearest real neighbour), and the share of real images inside the generated one;
+- `test/fid`: the standard FID, the same distance in Inception-v3's pool features
+  (torchmetrics, with torch-fidelity's port of the original TensorFlow network).
+
+Images are generated from the prior by models that have one (`sample`) and, for deterministic
+autoencoders, from a Gaussian mixture fitted to their training codes (as the RAE paper and
+pythae's GMM sampler do). Models that cannot generate get none of these metrics.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+from sklearn.mixture import GaussianMixture
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from aelab.evaluation.probes import latent_codes
+from aelab.models import Autoencoder, AutoencoderModule
+
+log = logging.getLogger(__name__)
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's download
+
+
+def can_generate(model: AutoencoderModule) -> bool:
+    """A prior to sample from, or a continuous code a mixture can be fitted to."""
+    return hasattr(model, "sample") or isinstance(model, Autoencoder)
+
+
+@torch.inference_mode()
+def generated_images(
+    model: AutoencoderModule,
+    train_images: torch.Tensor,
+    count: int,
+    seed: int,
+    mixture_components: int = 10,
+    batch_size: int = 1000,
+) -> torch.Tensor:
+    """`count` uint8 images (N, C, H, W) decoded from prior draws, or from a Gaussian mixture
+    (full covariances) fitted to the codes of `train_images`; on the CPU."""
+    model.eval()
+    if hasattr(model, "sample"):
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            images = [model.sample(len(n)) for n in torch.arange(count).split(batch_size)]
+    elif isinstance(model, Autoencoder):
+        codes = latent_codes(model, train_images).double().numpy()
+        mixture = GaussianMixture(mixture_components, random_state=seed).fit(codes)
+        z = torch.from_numpy(mixture.sample(count)[0]).float()
+        images = [model.decode(b.to(model.device)) for b in z.split(batch_size)]
+    else:
+        raise ValueError(f"{type(model).__name__} cannot generate images")
+    return torch.cat([(x.clamp(0, 1) * 255).round().to(torch.uint8).cpu() for x in images])
+
+
+def frechet_distance(
+    features: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500
+) -> float:
+    """The Fréchet distance of uint8 image sets in `features` (a module with `num_features`
+    mapping uint8 images to features; Inception when it is torchmetrics' own)."""
+    device = next(features.parameters()).device
+    metric = FrechetInceptionDistance(feature=features).to(device)
+    for images, is_real in ((real, True), (fake, False)):
+        for batch in images.split(batch_size):
+            metric.update(batch.to(device), real=is_real)
+    return float(metric.compute())
+
+
+@torch.inference_mode()
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al., 2019) of feature sets (N, F)."""
+
+    def radii(x: torch.Tensor) -> torch.Tensor:  # distance to the k-th nearest other point
+        return torch.cat([torch.cdist(c, x).kthvalue(k + 1, dim=1).values for c in x.split(1000)])
+
+    def inside(points: torch.Tensor, centres: torch.Tensor, radius: torch.Tensor) -> float:
+        hits = [(torch.cdist(c, centres) <= radius).any(1) for c in points.split(1000)]
+        return torch.cat(hits).float().mean().item()
+
+    real, fake = real.double(), fake.double()
+    return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
+
+
+def inception_fid(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    weights: str | Path | None,
+    device: torch.device,
+    feature: int = 2048,
+) -> float | None:
+    """The standard FID (in the 2048-d pool features) on uint8 images (grey ones repeated to RGB;
+    Inception resizes to 299); None, with one warning line, when the weights cannot be
+    downloaded. `feature` 64, 192 or 768 stops the network at an earlier block."""
+    try:
+        metric = FrechetInceptionDistance(
+            feature=feature,
+            feature_extractor_weights_path=None if weights is None else str(weights),
+        )
+    except OSError as err:
+        log.warning(
+            f"test/fid skipped: the Inception weights could not be downloaded ({err}); give a "
+            f"local {INCEPTION_FILE} with sample_metrics.inception_weights=PATH"
+        )
+        return None
+    metric = metric.to(device)
+    for images, is_real in ((real, True), (fake, False)):
+        for batch in images.split(100):
+            rgb = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
+            metric.update(rgb.to(device), real=is_real)
+    return float(metric.compute())
