@@ -213,3 +213,21 @@ def test_inception_fid_without_weights_says_so_in_one_line(pool, monkeypatch, ca
     assert "test/fid skipped" in line and "sample_metrics.inception_weights=PATH" in line
     assert "\n" not in line
     assert classifier_module  # the classifier module imports without torch-fidelity's weights
+
+
+def test_a_missing_inception_weight_file_is_one_line_before_any_work(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from aelab.config import CONFIG_DIR, prepare_hydra
+    from aelab.errors import ConfigError
+    from aelab.eval import evaluate
+
+    prepare_hydra()
+    missing = tmp_path / "weights.pth"
+    overrides = [f"ckpt_path={tmp_path}/none.ckpt", f"sample_metrics.inception_weights={missing}"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=[*overrides, f"paths.output_dir={tmp_path}"])
+    with pytest.raises(
+        ConfigError, match=r"sample_metrics.inception_weights=.*weights.pth' is not a file"
+    ):
+        evaluate(cfg)
