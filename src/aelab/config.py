@@ -21,6 +21,7 @@ CONFIG_MODULE = "pkg://aelab.configs"  # what `@hydra.main(config_path=...)` is 
 RESUMABLE = ("last.ckpt", "interrupted.ckpt")
 RUN_STAMP_KEY = "aelab/run_stamp"
 RUN_CONFIG = "config.yaml"  # a run's resolved config, in its folder (evaluation reads it)
+METRICS_FILE = "metrics.json"  # a finished run's final metrics, in its folder (aelab.load_run)
 SLURM_MARKER = ".slurm_job"  # the SLURM job that started a run, so that its requeue finds it
 
 

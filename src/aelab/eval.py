@@ -5,9 +5,9 @@ config (and the run's data folder, unless `data_dir=...` names another): the tra
 under the same names (`test/loss`, ...), plus the VAE's importance-weighted likelihood
 `test/nll_iw` and the k-NN and linear-probe accuracies of the latent codes (`test/knn_acc`,
 `test/linear_acc`) beside the same two on raw pixels. Everything runs on the device the
-Trainer chose (`accelerator=...`). Printed as a table and logged to TensorBoard in the
-evaluation's own run folder, with the latent pictures (projector, scatter, interpolation,
-traversal).
+Trainer chose (`accelerator=...`). Printed as a table and logged (`logger=...`, TensorBoard by
+default) in the evaluation's own run folder, with the latent pictures (scatter, interpolation,
+traversal; TensorBoard's projector too).
 
 Given a multirun's folder (`ckpt_path=logs/train/multiruns/<timestamp>`), it evaluates every
 job's tested (best) checkpoint and writes `eval_results.csv/md` (one row per job) and
@@ -31,7 +31,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """All test metrics of the checkpoint `cfg.ckpt_path`."""
     import lightning as L
     import torch
-    from lightning.pytorch.loggers import TensorBoardLogger
     from rich.console import Console
     from rich.table import Table
 
@@ -71,9 +70,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
             metrics["test/nll_iw"] = importance_weighted_nll(model, test.images, cfg.iw_samples)
-    for lg in loggers:
-        if isinstance(lg, TensorBoardLogger):
-            log_latent_pictures(lg.experiment, model, datamodule, step=0)
+    log_latent_pictures(loggers, model, datamodule, step=0)
     trainer.test(model, datamodule=datamodule)
     metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
 

@@ -1,17 +1,19 @@
-"""Image grids in TensorBoard: what the model reconstructs and, for generative models, samples."""
+"""Image grids in every logger that shows images: what the model reconstructs and, for generative
+models, samples."""
 
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
 from aelab.data import to_float
+from aelab.loggers.media import log_image, takes_images
 
 
 class ImageGrids(L.Callback):
-    """At the end of each validation epoch, log to TensorBoard
+    """At the end of each validation epoch, log to every logger that shows images (TensorBoard,
+    MLflow, W&B)
 
     - `val/reconstructions`: the same `num_images` validation images (top row) above their
       reconstructions (bottom row), so epochs can be compared image by image; for a denoising
@@ -30,9 +32,8 @@ class ImageGrids(L.Callback):
         self.seed = seed
         self.save_png = save_png
 
-    def _log(self, trainer: L.Trainer, writers: list, tag: str, grid: torch.Tensor) -> None:
-        for writer in writers:
-            writer.add_image(tag, grid, trainer.global_step)
+    def _log(self, trainer: L.Trainer, tag: str, grid: torch.Tensor) -> None:
+        log_image(trainer.loggers, tag, grid, trainer.global_step)
         if self.save_png:
             folder = Path(trainer.default_root_dir) / "images"
             folder.mkdir(parents=True, exist_ok=True)
@@ -42,8 +43,7 @@ class ImageGrids(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not writers and not self.save_png:
+        if not any(takes_images(lg) for lg in trainer.loggers) and not self.save_png:
             return
         images = trainer.datamodule.val_set.images[: self.num_images]
         x = to_float(images.to(pl_module.device))
@@ -54,10 +54,10 @@ class ImageGrids(L.Callback):
         else:
             rows = [x, pl_module.reconstruct(x)]
         grid = make_grid(torch.cat(rows).float().cpu(), nrow=len(x), pad_value=1)
-        self._log(trainer, writers, "val/reconstructions", grid)
+        self._log(trainer, "val/reconstructions", grid)
         if hasattr(pl_module, "sample"):
             generator = torch.Generator().manual_seed(self.seed)
             z = torch.randn(self.num_samples, pl_module.latent_dim, generator=generator)
             samples = pl_module.sample(z.to(pl_module.device)).float().cpu()
             grid = make_grid(samples, nrow=int(self.num_samples**0.5), pad_value=1)
-            self._log(trainer, writers, "val/samples", grid)
+            self._log(trainer, "val/samples", grid)
