@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,7 +40,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name, overrides=list(overrides))
     paths = cfg.paths
-    if "hydra:" in str(OmegaConf.to_container(paths).get("output_dir")):
+    if "hydra:" in str(cast(dict, OmegaConf.to_container(paths))["output_dir"]):
         runs = Path(paths.log_dir, cfg.task_name, "runs")
         ckpt_path = cfg.get("ckpt_path")
         paths.output_dir = run_dir(ckpt_path, str(runs)) if ckpt_path else fresh_folder(runs)

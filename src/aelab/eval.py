@@ -19,6 +19,7 @@ training failed, or that left no checkpoint, are rows marked failed.
 import gc
 import time
 from pathlib import Path
+from typing import cast
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -104,7 +105,7 @@ def evaluate_all(cfg: DictConfig) -> list[dict]:
             own = Path(cfg.paths.output_dir) / str(job.job)
             one = {"ckpt_path": str(job.checkpoint), "paths": {"output_dir": str(own)}}
             try:
-                record["metrics"] = evaluate(OmegaConf.merge(cfg, one))
+                record["metrics"] = evaluate(cast(DictConfig, OmegaConf.merge(cfg, one)))
             except Exception as err:
                 record |= {"status": "failed", "error": one_line(err)}
         record["seconds"] = round(time.perf_counter() - start, 1)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -140,7 +140,8 @@ def fetch_data(datamodule: "L.LightningDataModule") -> None:
     if local_rank() == 0:
         datamodule.prepare_data()
     else:
-        datamodule.wait_for_files()
+        # an aelab ImageDataModule (cfg.data)
+        datamodule.wait_for_files()  # type: ignore[attr-defined]
 
 
 def save_run_config(cfg: DictConfig) -> None:
@@ -149,7 +150,7 @@ def save_run_config(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.tree import Tree
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig's
     tree = Tree("config", guide_style="dim")
     for key, value in resolved.items():
         if isinstance(value, dict):
@@ -190,7 +191,8 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     seed = L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, seed)
     fetch_data(datamodule)
-    model = build_model(cfg, list(datamodule.image_shape))
+    # an aelab ImageDataModule (cfg.data)
+    model = build_model(cfg, list(datamodule.image_shape))  # type: ignore[attr-defined]
     ckpt_path = resume_path(cfg)
     if ckpt_path:
         check_checkpoint(ckpt_path, model)
@@ -215,6 +217,7 @@ def fit_and_test_locked(
 ) -> dict[str, float]:
     """`fit_and_test` once the run holds its folder."""
     import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from aelab import speedups
@@ -238,7 +241,8 @@ def fit_and_test_locked(
         metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")
         }
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        saving = trainer.checkpoint_callback
+        best = saving.best_model_path if isinstance(saving, ModelCheckpoint) else ""
         if best:
             checkpoint = torch.load(best, map_location="cpu", weights_only=True)
             model.load_state_dict(checkpoint["state_dict"])

@@ -2,6 +2,7 @@
 models, samples."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 import torch
@@ -9,6 +10,9 @@ from torchvision.utils import make_grid, save_image
 
 from aelab.data import to_float
 from aelab.loggers.media import log_image, takes_images
+
+if TYPE_CHECKING:
+    from aelab.models import AutoencoderModule
 
 
 class ImageGrids(L.Callback):
@@ -45,19 +49,22 @@ class ImageGrids(L.Callback):
             return
         if not any(takes_images(lg) for lg in trainer.loggers) and not self.save_png:
             return
-        images = trainer.datamodule.val_set.images[: self.num_images]
-        x = to_float(images.to(pl_module.device))
-        if getattr(pl_module, "noise", None):
+        model = cast("AutoencoderModule", pl_module)  # the callback serves aelab's models
+        # mypy: Lightning's Trainer.datamodule is set by fit(datamodule=...), undeclared
+        images = trainer.datamodule.val_set.images[: self.num_images]  # type: ignore[attr-defined]
+        x = to_float(images.to(model.device))
+        if getattr(model, "noise", None):
             generator = torch.Generator(x.device).manual_seed(self.seed)
-            noisy = pl_module.corrupt(x, generator)
-            rows = [noisy, pl_module.reconstruct(noisy), x]
+            noisy = model.corrupt(x, generator)
+            rows = [noisy, model.reconstruct(noisy), x]
         else:
-            rows = [x, pl_module.reconstruct(x)]
+            rows = [x, model.reconstruct(x)]
         grid = make_grid(torch.cat(rows).float().cpu(), nrow=len(x), pad_value=1)
         self._log(trainer, "val/reconstructions", grid)
-        if hasattr(pl_module, "sample"):
+        if hasattr(model, "sample"):
             generator = torch.Generator().manual_seed(self.seed)
-            z = torch.randn(self.num_samples, pl_module.latent_dim, generator=generator)
-            samples = pl_module.sample(z.to(pl_module.device)).float().cpu()
+            z = torch.randn(self.num_samples, model.latent_dim, generator=generator)
+            # models with a prior define sample(); checked by hasattr above
+            samples = model.sample(z.to(model.device)).float().cpu()  # type: ignore[operator]
             grid = make_grid(samples, nrow=int(self.num_samples**0.5), pad_value=1)
             self._log(trainer, "val/samples", grid)

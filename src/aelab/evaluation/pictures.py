@@ -45,7 +45,7 @@ def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
     figure = Figure(figsize=(6, 5), dpi=100)
     if codes.shape[1] == 3:
         axes = figure.add_subplot(projection="3d")
-        points = axes.scatter(*codes.T, c=labels, cmap="tab10", s=4)
+        points = axes.scatter(codes[:, 0], codes[:, 1], codes[:, 2], c=labels, cmap="tab10", s=4)
         title = "3-d codes"
     else:
         if codes.shape[1] == 1:
@@ -59,7 +59,7 @@ def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
                 "codes, PCA",
             )
         axes = figure.add_subplot()
-        points = axes.scatter(*xy.T, c=labels, cmap="tab10", s=4)
+        points = axes.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4)
     axes.set_title(title)
     figure.colorbar(points, ax=axes, label="label")
     return figure
