@@ -267,6 +267,8 @@ def log_run_start(loggers: list, cfg: DictConfig, seed: int) -> None:
     from aelab.loggers.hparams import compared_hparams
     from aelab.loggers.runs import log_run_start as start
 
+    if not loggers:
+        return
     start(loggers, compared_hparams(cfg, seed), OmegaConf.to_yaml(cfg, resolve=True), git_state())
 
 
