@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, write_dataset
 
 from aelab.errors import ConfigError
-from tests.conftest import REPO, write_dataset
 
 
 def readme_api_code() -> str:

@@ -1,5 +1,6 @@
-"""logger=many (TensorBoard, CSV, MLflow) and logger=wandb: a short run each, read back with
-each logger's own client; a real `mlflow server` serves the MLflow run over its REST API."""
+"""logger=many (TensorBoard, CSV, MLflow) and logger=wandb, in one short run (each logger's
+own test below composes it alone), read back with each logger's own client; a real
+`mlflow server` serves the MLflow run over its REST API."""
 
 import json
 import os
@@ -14,10 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import small_run_overrides
 
 import aelab
 from aelab.errors import ConfigError
-from tests.conftest import small_run_overrides
 
 IMAGES = {"val/reconstructions", "val/samples", "latent/scatter", "latent/interpolation"}
 
@@ -49,13 +50,10 @@ def offline_wandb(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def many_run(data_dir, tmp_path_factory):
-    return aelab.fit(aelab.compose(tiny(data_dir, tmp_path_factory.mktemp("logs"), "logger=many")))
-
-
-@pytest.fixture(scope="module")
-def wandb_run(data_dir, tmp_path_factory, offline_wandb):
-    return aelab.fit(aelab.compose(tiny(data_dir, tmp_path_factory.mktemp("logs"), "logger=wandb")))
+def run_of_all(data_dir, tmp_path_factory, offline_wandb):
+    """One short run with every logger: logger=many (TensorBoard, CSV, MLflow) and W&B."""
+    logs = tmp_path_factory.mktemp("logs")
+    return aelab.fit(aelab.compose(tiny(data_dir, logs, "logger=[many,wandb]")))
 
 
 def mlflow_store(run) -> str:
@@ -63,25 +61,25 @@ def mlflow_store(run) -> str:
 
 
 @pytest.mark.slow
-def test_many_reaches_tensorboard_csv_and_mlflow(many_run):
+def test_many_reaches_tensorboard_csv_and_mlflow(run_of_all):
     import pandas as pd
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    final = many_run.metrics
-    events = EventAccumulator(str(many_run.folder / "tensorboard"), size_guidance={"images": 0})
+    final = run_of_all.metrics
+    events = EventAccumulator(str(run_of_all.folder / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert {"val/loss", "train/loss"} <= set(events.Tags()["scalars"])
     assert set(events.Tags()["images"]) >= IMAGES
 
-    csv = pd.read_csv(many_run.folder / "csv" / "metrics.csv")
+    csv = pd.read_csv(run_of_all.folder / "csv" / "metrics.csv")
     assert csv["val/loss"].notna().any()
     assert csv["final/val/loss"].dropna().tolist() == pytest.approx([final["val/loss"]])
 
-    client = MlflowClient(mlflow_store(many_run))
+    client = MlflowClient(mlflow_store(run_of_all))
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.params["model.latent_dim"] == str(many_run.config.model.latent_dim)
+    assert run.data.params["model.latent_dim"] == str(run_of_all.config.model.latent_dim)
     assert run.data.metrics["final/val/loss"] == pytest.approx(final["val/loss"])
     assert run.data.metrics["test/loss"] == pytest.approx(final["test/loss"])
     assert [m.value for m in client.get_metric_history(run.info.run_id, "val/loss")]
@@ -93,10 +91,11 @@ def test_many_reaches_tensorboard_csv_and_mlflow(many_run):
     assert {tag.replace("/", "~") for tag in IMAGES} <= images
 
 
-def test_logger_mlflow_is_the_mlflow_of_many(compose_cfg):
-    assert compose_cfg("logger=mlflow").logger.keys() == {"mlflow"}
-    assert compose_cfg("logger=many").logger.keys() == {"tensorboard", "csv", "mlflow"}
-    assert compose_cfg("logger=mlflow").logger.mlflow == compose_cfg("logger=many").logger.mlflow
+def test_the_logger_options_compose_to_the_loggers_of_the_run(compose_cfg):
+    many, both = compose_cfg("logger=many").logger, compose_cfg("logger=[many,wandb]").logger
+    assert many.keys() == {"tensorboard", "csv", "mlflow"}
+    assert compose_cfg("logger=mlflow").logger == {"mlflow": many.mlflow}
+    assert compose_cfg("logger=wandb").logger == {"wandb": both.wandb}
 
 
 def wandb_records(run_file: Path) -> list:
@@ -128,8 +127,8 @@ def key_of(item) -> str:
 
 
 @pytest.mark.slow
-def test_wandb_runs_offline_without_a_key(wandb_run):
-    (run_dir,) = (wandb_run.folder / "wandb").glob("offline-run-*")
+def test_run_of_alls_offline_without_a_key(run_of_all):
+    (run_dir,) = (run_of_all.folder / "wandb").glob("offline-run-*")
     records = wandb_records(next(run_dir.glob("run-*.wandb")))
     history = [
         {key_of(item): json.loads(item.value_json) for item in r.history.item}
@@ -141,8 +140,8 @@ def test_wandb_runs_offline_without_a_key(wandb_run):
         if r.WhichOneof("record_type") == "summary":
             summary |= {key_of(item): json.loads(item.value_json) for item in r.summary.update}
     assert [h["val/loss"] for h in history if "val/loss" in h]
-    assert summary["val/loss"] == pytest.approx(wandb_run.metrics["val/loss"])
-    assert summary["test/loss"] == pytest.approx(wandb_run.metrics["test/loss"])
+    assert summary["val/loss"] == pytest.approx(run_of_all.metrics["val/loss"])
+    assert summary["test/loss"] == pytest.approx(run_of_all.metrics["test/loss"])
     logged_images = {k.rsplit("/", 1)[0] for h in history for k in h if k.endswith("/_type")}
     assert logged_images >= IMAGES
     assert list((run_dir / "files" / "media" / "images" / "latent").glob("scatter_*.png"))
@@ -166,7 +165,7 @@ def get_json(url: str, query: dict | None = None, body: dict | None = None) -> d
 
 
 @pytest.mark.slow
-def test_mlflow_server_serves_the_run(many_run):
+def test_mlflow_server_serves_the_run(run_of_all):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
@@ -176,7 +175,7 @@ def test_mlflow_server_serves_the_run(many_run):
             "mlflow",
             "server",
             "--backend-store-uri",
-            mlflow_store(many_run),
+            mlflow_store(run_of_all),
             "--host",
             "127.0.0.1",
             "--port",
@@ -215,7 +214,7 @@ def test_mlflow_server_serves_the_run(many_run):
             f"{base}/api/2.0/mlflow/metrics/get-history",
             {"run_id": run_id, "metric_key": "final/val/loss"},
         )
-        assert final["metrics"][0]["value"] == pytest.approx(many_run.metrics["val/loss"])
+        assert final["metrics"][0]["value"] == pytest.approx(run_of_all.metrics["val/loss"])
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)

@@ -3,8 +3,7 @@ the committed file carries no outputs."""
 
 import nbformat
 import pytest
-
-from tests.conftest import REPO, write_dataset
+from conftest import REPO, write_dataset
 
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
 
