@@ -27,6 +27,13 @@ ratios, then, model by model, a/c in each round, the time (a) adds to each step 
 writes JSON; the JSON also keeps each variant's median epoch and the ratio a/c within each
 round, which show how noisy the machine was.
 
+For every model with a likelihood (`--models vae`, the default's first) it times `test/nll_iw`
+(`--nll-iw-samples` K = 5000 importance samples, on the first `--nll-iw-images` (500) test images;
+the time scales linearly to all 10,000) against (e) a bare loop computing the same bound for the
+same decoder: a few images at a time, all their K samples decoded in one tensor pass. The same
+seed draws the same samples in both, so their estimates must agree; the weights are as
+initialised (the cost does not depend on them).
+
 It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
 which compose the config without importing torch or Lightning.
 
@@ -37,6 +44,7 @@ which compose the config without importing torch or Lightning.
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -49,6 +57,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from rich.console import Console
@@ -57,6 +66,7 @@ from rich.table import Table
 from aelab.config import CONFIG_DIR, prepare_hydra
 from aelab.data import to_float
 from aelab.data.idx import read_idx
+from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
 from aelab.speedups import NVML_CHECK, skip_nvml_probe_without_cuda
 from aelab.train import train
 
@@ -211,6 +221,53 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     return row
 
 
+@torch.inference_mode()
+def bare_nll_iw(vae: L.LightningModule, images: torch.Tensor, samples: int) -> float:
+    """(e): -log p(x) with K = `samples`, written out for the Gaussian encoder and Bernoulli
+    decoder of model=vae, a few images at a time (at most 8192 decoded images per pass)."""
+    vae.eval()
+    total = 0.0
+    for batch in images.split(max(1, 8192 // samples)):
+        x = to_float(batch.to(vae.device)).flatten(1)
+        h = vae.net.encoder(x.view(-1, *batch.shape[1:]))
+        mu, logvar = vae.mu(h), vae.logvar(h)
+        eps = torch.randn(samples, *mu.shape, device=mu.device)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        logits = vae.net.decoder(z.flatten(0, 1)).view(samples, len(x), -1)
+        log_px_z = (logits * x).sum(-1) - F.softplus(logits).sum(-1)
+        log_pz_over_qz = -0.5 * z.pow(2).sum(-1) + 0.5 * (eps.pow(2) + logvar).sum(-1)
+        log_w = log_px_z + log_pz_over_qz
+        total -= (torch.logsumexp(log_w, dim=0) - math.log(samples)).sum().item()
+    return total / len(images)
+
+
+def nll_iw_row(model: str, vae: L.LightningModule, args: argparse.Namespace) -> dict:
+    """aelab's test/nll_iw against (e), taking turns for `args.rounds` rounds: best seconds."""
+    path = Path(args.data_dir) / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    images = read_idx(path)[: args.nll_iw_images].unsqueeze(1)
+    vae = vae.to(args.device)
+    loops = {
+        "aelab": partial(importance_weighted_nll, vae, images, args.nll_iw_samples),
+        "bare": partial(bare_nll_iw, vae, images, args.nll_iw_samples),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in loops}
+    nll: dict[str, float] = {}
+    for i in range(args.rounds):
+        for name in list(loops)[:: 1 if i % 2 == 0 else -1]:
+            torch.manual_seed(i)
+            _sync(args.device)
+            start = time.perf_counter()
+            nll[name] = loops[name]()
+            _sync(args.device)
+            seconds[name].append(time.perf_counter() - start)
+    row = {"model": model, "device": args.device, "images": len(images)}
+    row |= {"samples": args.nll_iw_samples, "aelab_nll": nll["aelab"], "bare_nll": nll["bare"]}
+    row |= {f"{name}_seconds": min(times) for name, times in seconds.items()}
+    row |= {f"{name}_seconds_per_round": times for name, times in seconds.items()}
+    row["aelab_vs_bare"] = row["aelab_seconds"] / row["bare_seconds"]
+    return row
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux's /proc/cpuinfo, else what `platform` knows). a/c depends on
     it: Lightning's cost per step is Python on one core, and a faster CPU shrinks the compute
@@ -252,6 +309,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--startup-runs", type=int, default=3)
+    parser.add_argument("--nll-iw-images", type=int, default=500, help="0 skips the nll_iw row")
+    parser.add_argument("--nll-iw-samples", type=int, default=5000)
     parser.add_argument("--json", default="benchmark.json")
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for every loop's model and (a)'s run"
@@ -297,6 +356,25 @@ def main() -> None:
             f"{r['model']} ({r['device']}): a/c in each round {by_round}; {extra}; {alone}",
             soft_wrap=True,
         )
+    likelihoods = []
+    for device in args.devices if args.nll_iw_images > 0 else []:
+        for model in args.models:
+            cfg = _config(model, argparse.Namespace(**vars(args), device=device), 1, ".")
+            vae = instantiate(cfg.model, image_shape=[1, 28, 28], _convert_="all")
+            if isinstance(vae, ImportanceWeighted):
+                likelihoods.append(
+                    nll_iw_row(model, vae, argparse.Namespace(**vars(args), device=device))
+                )
+    for r in likelihoods:
+        per_10k = 10_000 / r["images"]
+        console.print(
+            f"test/nll_iw {r['model']} ({r['device']}), K={r['samples']} on {r['images']} test "
+            f"images: aelab {r['aelab_seconds']:.1f} s, (e) bare {r['bare_seconds']:.1f} s, "
+            f"{r['aelab_vs_bare']:.2f}x (10,000 images: {r['aelab_seconds'] * per_10k / 60:.1f} "
+            f"against {r['bare_seconds'] * per_10k / 60:.1f} min); estimates "
+            f"{r['aelab_nll']:.2f} and {r['bare_nll']:.2f} nats",
+            soft_wrap=True,
+        )
     startup = {
         " ".join(flags): startup_seconds(flags, args.startup_runs)
         for flags in (["--help"], ["--cfg", "job"])
@@ -317,7 +395,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if "cuda" in args.devices else None,
     }
-    report = {"meta": meta, "results": results, "startup_seconds": startup}
+    report = {"meta": meta, "results": results, "nll_iw": likelihoods, "startup_seconds": startup}
     Path(args.json).write_text(json.dumps(report, indent=2))
 
 

@@ -9,8 +9,9 @@ from conftest import run_python, run_train, small_run_overrides
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from aelab.evaluation.metrics import importance_weighted_nll, knn_accuracy, linear_probe_accuracy
+from aelab.evaluation.likelihood import importance_weighted_nll
 from aelab.evaluation.pictures import scatter_figure
+from aelab.evaluation.probes import knn_accuracy, linear_probe_accuracy
 from aelab.models import VAE
 
 
@@ -311,3 +312,27 @@ def test_eval_and_generate_write_into_folders_of_their_own(trained_run, tmp_path
     (own,) = (tmp_path / "logs" / task / "runs").iterdir()
     assert (own / ".hydra" / "config.yaml").is_file() and (own / f"{task}.log").is_file()
     assert sorted(p.relative_to(trained_run) for p in trained_run.rglob("*")) == before
+
+
+def test_log_importance_weights_match_the_distributions_by_hand():
+    """log w = log Bernoulli(x | decoder(z)) + log N(z; 0, I) - log N(z; mu, sigma), same noise."""
+    from torch.distributions import Bernoulli, Normal
+
+    torch.manual_seed(0)
+    model = VAE((1, 2, 2), latent_dim=3, net={"_target_": "aelab.nets.MLP", "hidden_dims": [4]})
+    x = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]], [[[1.0, 1.0], [0.0, 0.0]]]])
+    with torch.no_grad():
+        torch.manual_seed(1)
+        log_w = model.log_importance_weights(x, samples=4)
+        torch.manual_seed(1)
+        mu, logvar = model.posterior(x)
+        q = Normal(mu, (0.5 * logvar).exp())
+        z = mu + q.scale * torch.randn(4, *mu.shape)
+        logits = model.net.decoder(z.flatten(0, 1)).view(4, 2, 1, 2, 2)
+        expected = (
+            Bernoulli(logits=logits).log_prob(x).sum((-3, -2, -1))
+            + Normal(0.0, 1.0).log_prob(z).sum(-1)
+            - q.log_prob(z).sum(-1)
+        )
+    assert log_w.shape == (4, 2)
+    torch.testing.assert_close(log_w, expected)

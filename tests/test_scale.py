@@ -550,3 +550,21 @@ def test_three_ranks_test_every_image_exactly_once(data_dir, tmp_path):
         (row,) = [r.split(",") for r in rows[1:] if r.split(",")[header.index("test/loss")]]
         losses[devices] = float(row[header.index("test/loss")])
     assert losses[3] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_benchmark_times_nll_iw_against_a_bare_loop_of_the_same_bound(data_dir):
+    """The benchmark's (e) computes the bound aelab computes: same seed, same estimate."""
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts/benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    torch.manual_seed(0)
+    vae = VAE((1, 28, 28), latent_dim=4, net={"_target_": "aelab.nets.MLP", "hidden_dims": [8]})
+    args = SimpleNamespace(
+        data_dir=data_dir, device="cpu", rounds=2, nll_iw_images=5, nll_iw_samples=3000
+    )
+    row = benchmark.nll_iw_row("vae", vae, args)
+    assert row["images"] == 5 and row["samples"] == 3000
+    assert row["aelab_nll"] == pytest.approx(row["bare_nll"], rel=1e-5)
+    assert 0 < row["aelab_nll"] < 784 * math.log(2) * 2
+    assert len(row["aelab_seconds_per_round"]) == len(row["bare_seconds_per_round"]) == 2
+    assert row["aelab_vs_bare"] == pytest.approx(row["aelab_seconds"] / row["bare_seconds"])

@@ -35,15 +35,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from rich.console import Console
     from rich.table import Table
 
-    from aelab.evaluation.metrics import (
-        importance_weighted_nll,
-        knn_accuracy,
-        latent_codes,
-        linear_probe_accuracy,
-    )
+    from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
     from aelab.evaluation.pictures import log_latent_pictures
+    from aelab.evaluation.probes import knn_accuracy, latent_codes, linear_probe_accuracy
     from aelab.evaluation.runs import load_run
-    from aelab.models import VAE
     from aelab.sweeps.table import number
     from aelab.train import instantiate_all, quiet_lightning_console
 
@@ -67,10 +62,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics["test/linear_acc"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
     metrics["test/knn_acc_pixels"] = knn_accuracy(train_px, train_y, test_px, test_y, cfg.knn_k)
     metrics["test/linear_acc_pixels"] = linear_probe_accuracy(train_px, train_y, test_px, test_y)
-    if isinstance(model, VAE) and cfg.iw_samples > 0:
+    if isinstance(model, ImportanceWeighted) and cfg.iw_samples > 0:
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            metrics["test/nll_iw"] = importance_weighted_nll(model, test.images, cfg.iw_samples)
+            metrics["test/nll_iw"] = importance_weighted_nll(
+                model, test.images, cfg.iw_samples, progress=True
+            )
     log_latent_pictures(loggers, model, datamodule, step=0)
     trainer.test(model, datamodule=datamodule)
     metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -8,7 +8,7 @@ import torch
 from torchvision.utils import make_grid
 
 from aelab.data import ImageDataModule, to_float
-from aelab.evaluation.metrics import latent_codes
+from aelab.evaluation.probes import latent_codes
 from aelab.models import AutoencoderModule
 
 if TYPE_CHECKING:

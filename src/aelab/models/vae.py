@@ -89,15 +89,30 @@ class VAE(AutoencoderModule):
         return self.decode(z)
 
     def log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) of each image, in nats (summed over its pixels)."""
+        """log p(x|z) of each image, in nats (summed over its pixels): logits (..., C, H, W)
+        against images x that broadcast to them (K samples of a batch share its images)."""
+        pixels = (-3, -2, -1)
         if self.likelihood == "bernoulli":
-            per_pixel = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        else:
-            mean, log_std = torch.sigmoid(logits), self.log_std
-            per_pixel = -(
-                0.5 * ((x - mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
-            )
-        return per_pixel.flatten(1).sum(1)
+            # x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)) = x l - softplus(l): minus the binary
+            # cross-entropy, in two passes over the logits (which dominate test/nll_iw's cost)
+            return (logits * x).sum(pixels) - F.softplus(logits).sum(pixels)
+        mean, log_std = torch.sigmoid(logits), self.log_std
+        per_pixel = 0.5 * ((x - mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
+        return -per_pixel.sum(pixels)
+
+    def log_importance_weights(self, x: torch.Tensor, samples: int) -> torch.Tensor:
+        """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x), k = 1..samples,
+        shape (samples, batch): the terms of the importance-weighted bound (Burda et al., 2016),
+        whose logsumexp minus log K estimates log p(x) (`aelab.evaluation.likelihood`)."""
+        mu, logvar = self.posterior(x)
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn(samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+        z = mu + std * eps  # (K, B, D)
+        logits = self.net.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+        log_2pi = math.log(2 * math.pi)
+        log_q = -0.5 * (eps.pow(2) + log_2pi + logvar).sum(-1)
+        log_p = -0.5 * (z.pow(2) + log_2pi).sum(-1)
+        return self.log_likelihood(logits, x) + log_p - log_q
 
     def neg_log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) summed over pixels and the batch, in nats."""

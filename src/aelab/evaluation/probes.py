@@ -1,13 +1,11 @@
-"""Likelihood and latent-quality metrics, computed on in-memory tensors in batches."""
-
-import math
+"""How much the latent codes know about the labels: k-NN and linear-probe accuracy, on in-memory
+tensors in batches."""
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Normal
 
 from aelab.data import to_float
-from aelab.models import VAE, AutoencoderModule
+from aelab.models import AutoencoderModule
 
 
 @torch.no_grad()
@@ -70,33 +68,3 @@ def linear_probe_accuracy(
     optimizer.step(closure)
     with torch.no_grad():
         return (linear(test_x).argmax(1) == test_y).float().mean().item()
-
-
-@torch.no_grad()
-def importance_weighted_nll(
-    model: VAE, images: torch.Tensor, samples: int = 5000, batch_elements: int = 65536
-) -> float:
-    """-log p(x) in nats per image, estimated with K importance samples from q(z|x):
-
-        log p(x) ~ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K
-
-    (Burda et al., 2016). Batched so that at most `batch_elements` decoded images are in memory.
-    """
-    model.eval()
-    prior = Normal(0.0, 1.0)
-    total = 0.0
-    for batch in images.split(max(1, batch_elements // samples)):
-        x = to_float(batch.to(model.device))
-        mu, logvar = model.posterior(x)
-        q = Normal(mu, (0.5 * logvar).exp())
-        chunk = max(1, batch_elements // len(x))
-        log_weights = []
-        for start in range(0, samples, chunk):
-            z = q.sample((min(chunk, samples - start),))  # (S, B, D)
-            logits = model.net.decoder(z.flatten(0, 1))
-            targets = x.expand(z.shape[0], *x.shape).flatten(0, 1)
-            log_px_z = model.log_likelihood(logits, targets).view(z.shape[:2])
-            log_weights.append(log_px_z + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
-        log_px = torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(samples)
-        total -= log_px.sum().item()
-    return total / len(images)
