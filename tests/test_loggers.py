@@ -127,7 +127,7 @@ def key_of(item) -> str:
 
 
 @pytest.mark.slow
-def test_run_of_alls_offline_without_a_key(run_of_all):
+def test_wandb_runs_offline_without_a_key(run_of_all):
     (run_dir,) = (run_of_all.folder / "wandb").glob("offline-run-*")
     records = wandb_records(next(run_dir.glob("run-*.wandb")))
     history = [
