@@ -127,9 +127,17 @@ def load_run(path: str | Path, data_dir: str | None = None) -> Run:
     metrics = saved_metrics(folder)
     checkpoint = tested_checkpoint(folder, metrics) if path.is_dir() else path
     saved = load_saved_run(checkpoint)
-    if path.is_file() and (not metrics or tested_checkpoint(folder, metrics) != path):
+    if path.is_file() and not (metrics and is_tested(folder, metrics, path)):
         metrics = checkpoint_metrics(checkpoint)
     return Run(folder, checkpoint, saved.config, saved.model, metrics, data_dir)
+
+
+def is_tested(folder: Path, metrics: dict[str, float], checkpoint: Path) -> bool:
+    """Whether `checkpoint` is the one its run tested (the one `metrics` belong to)."""
+    try:
+        return tested_checkpoint(folder, metrics) == checkpoint
+    except ConfigError:
+        return False
 
 
 def checkpoint_metrics(checkpoint: Path) -> dict[str, float]:
