@@ -159,7 +159,7 @@ def test_help_lists_groups_and_options():
         "model: ae, beta_vae, conv_ae, conv_vae, deep_ae, vae",
         "net: conv, mlp",
         "data: fashion, idx, mnist",
-        "logger: csv, none, tensorboard",
+        "logger: csv, many, mlflow, none, tensorboard, wandb",
         "scheduler: cosine, iwae, step",
         "trainer: cpu, ddp, ddp_cpu, default, gpu",
     ]:

@@ -111,7 +111,8 @@ def test_vae_checkpoint_loads_weights_only(compose_cfg, data_dir, tmp_path):
     assert train(cfg) > 0
     model = VAE.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert model.sample(3).shape == (3, 1, 28, 28)
-    assert (tmp_path / "csv" / "metrics.csv").read_text().count("val/loss") == 1
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header.count("val/loss") == 1 and header.count("final/val/loss") == 1
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        write_atomically(path, buffer.getbuffer())
+        write_atomically(path, buffer.getvalue())
 
 
 def newest_intact(folder: Path) -> tuple[Path, dict] | None:

@@ -21,6 +21,7 @@ CONFIG_MODULE = "pkg://aelab.configs"  # what `@hydra.main(config_path=...)` is 
 RESUMABLE = ("last.ckpt", "interrupted.ckpt")
 RUN_STAMP_KEY = "aelab/run_stamp"
 RUN_CONFIG = "config.yaml"  # a run's resolved config, in its folder (evaluation reads it)
+METRICS_FILE = "metrics.json"  # a finished run's final metrics, in its folder (aelab.load_run)
 SLURM_MARKER = ".slurm_job"  # the SLURM job that started a run, so that its requeue finds it
 
 
@@ -50,7 +51,7 @@ def run_dir(ckpt_path: str | None, runs_dir: str) -> str:
     if ckpt_path == "last":
         runs = [p for p in Path(runs_dir).glob("*/checkpoints") if newest_checkpoint(p)]
         if runs:
-            newest = max(runs, key=lambda p: newest_checkpoint(p).stat().st_mtime)
+            newest = max(runs, key=lambda p: Path(newest_checkpoint(p) or p).stat().st_mtime)
             return str(newest.parent.absolute())
     elif ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         return str(Path(ckpt_path).absolute().parent.parent)

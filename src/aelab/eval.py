@@ -5,9 +5,9 @@ config (and the run's data folder, unless `data_dir=...` names another): the tra
 under the same names (`test/loss`, ...), plus the VAE's importance-weighted likelihood
 `test/nll_iw` and the k-NN and linear-probe accuracies of the latent codes (`test/knn_acc`,
 `test/linear_acc`) beside the same two on raw pixels. Everything runs on the device the
-Trainer chose (`accelerator=...`). Printed as a table and logged to TensorBoard in the
-evaluation's own run folder, with the latent pictures (projector, scatter, interpolation,
-traversal).
+Trainer chose (`accelerator=...`). Printed as a table and logged (`logger=...`, TensorBoard by
+default) in the evaluation's own run folder, with the latent pictures (scatter, interpolation,
+traversal; TensorBoard's projector too).
 
 Given a multirun's folder (`ckpt_path=logs/train/multiruns/<timestamp>`), it evaluates every
 job's tested (best) checkpoint and writes `eval_results.csv/md` (one row per job) and
@@ -19,6 +19,7 @@ training failed, or that left no checkpoint, are rows marked failed.
 import gc
 import time
 from pathlib import Path
+from typing import cast
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -32,7 +33,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """All test metrics of the checkpoint `cfg.ckpt_path`."""
     import lightning as L
     import torch
-    from lightning.pytorch.loggers import TensorBoardLogger
     from rich.console import Console
     from rich.table import Table
 
@@ -76,9 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 model, test.images, cfg.iw_samples, progress=True
             )
     metrics |= sample_metrics(cfg, model, datamodule, run.config.data.dataset)
-    for lg in loggers:
-        if isinstance(lg, TensorBoardLogger):
-            log_latent_pictures(lg.experiment, model, datamodule, step=0)
+    log_latent_pictures(loggers, model, datamodule, step=0)
     trainer.test(model, datamodule=datamodule)
     metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
 
@@ -148,7 +146,7 @@ def evaluate_all(cfg: DictConfig) -> list[dict]:
             own = Path(cfg.paths.output_dir) / str(job.job)
             one = {"ckpt_path": str(job.checkpoint), "paths": {"output_dir": str(own)}}
             try:
-                record["metrics"] = evaluate(OmegaConf.merge(cfg, one))
+                record["metrics"] = evaluate(cast(DictConfig, OmegaConf.merge(cfg, one)))
             except Exception as err:
                 record |= {"status": "failed", "error": one_line(err)}
         record["seconds"] = round(time.perf_counter() - start, 1)

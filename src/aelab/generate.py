@@ -44,7 +44,8 @@ def generate(cfg: DictConfig) -> list[Path]:
 
     with torch.no_grad():
         if hasattr(model, "sample"):
-            save(model.sample(cfg.num_samples), "samples.png", nrow=int(cfg.num_samples**0.5))
+            # models with a prior define sample(); checked by hasattr above
+            save(model.sample(cfg.num_samples), "samples.png", nrow=int(cfg.num_samples**0.5))  # type: ignore[operator]
         else:
             log.info("Not a generative model: no samples.png (it has no prior to sample from)")
         n, pairs, steps = cfg.num_reconstructions, cfg.num_interpolations, cfg.interpolation_steps

@@ -89,7 +89,7 @@ def run_lock(folder: Path, heartbeat_s: float = HEARTBEAT_S) -> Iterator[dict[st
     except FileExistsError:
         held = read_lock(folder)
         reason = stale_reason(held) if held else "it cannot be read"
-        if reason is None:
+        if reason is None and held is not None:
             raise RunLocked(
                 f"{folder} is being written by another run (process {held['pid']} on "
                 f"{held['host']}, started {time.ctime(held['started'])}); wait for it, or give "

@@ -1,6 +1,7 @@
 """Learning-rate schedules that torch does not ship, stepped once per epoch like `scheduler=`'s
 others."""
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -40,6 +41,6 @@ class StagedDecay(LRScheduler):
             end += self.growth**stage
         return stage
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         factor = 10 ** (-self.stage(self.last_epoch) / self.stages_per_decade)
         return [base_lr * factor for base_lr in self.base_lrs]

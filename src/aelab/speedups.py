@@ -44,7 +44,8 @@ class NoProfiler(PassThroughProfiler):
     generator per call. This one hands back one shared no-op context.
     """
 
-    def profile(self, action_name: str) -> AbstractContextManager:
+    # one shared no-op context rather than Lightning's generator per call
+    def profile(self, action_name: str) -> AbstractContextManager:  # type: ignore[override]
         return _NOTHING
 
 
@@ -84,7 +85,8 @@ def skip_hook_name_checks(module: L.LightningModule) -> None:
     class becomes a subclass of the same name that stores that one attribute directly.
     """
     if type(module).__setattr__ is not _set_hook_name:
-        module.__class__ = _fast_hook_names(type(module))
+        # a class is hashable; LightningModule's __hash__ signature confuses mypy
+        module.__class__ = _fast_hook_names(type(module))  # type: ignore[arg-type]
 
 
 def skip_nvml_probe_without_cuda() -> None:
@@ -109,5 +111,6 @@ def trainer_arguments(profiler_set: bool) -> dict[str, Any]:
 def apply(trainer: L.Trainer, model: L.LightningModule) -> None:
     """Every speed-up that acts on a built Trainer and model."""
     skip_nvml_probe_without_cuda()
-    skip_inherited_batch_hooks(trainer.callbacks)
+    # Lightning's connectors set this Trainer attribute without declaring it
+    skip_inherited_batch_hooks(trainer.callbacks)  # type: ignore[attr-defined]
     skip_hook_name_checks(model)

@@ -4,6 +4,7 @@ Only Hydra and OmegaConf are imported at module level, so `--help` and `--cfg jo
 without loading torch; Lightning comes in when training starts.
 """
 
+import json
 import logging
 import os
 import subprocess
@@ -11,13 +12,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from aelab.config import (
     CONFIG_MODULE,
+    METRICS_FILE,
     RUN_CONFIG,
     SLURM_MARKER,
     newest_checkpoint,
@@ -138,7 +140,8 @@ def fetch_data(datamodule: "L.LightningDataModule") -> None:
     if local_rank() == 0:
         datamodule.prepare_data()
     else:
-        datamodule.wait_for_files()
+        # an aelab ImageDataModule (cfg.data)
+        datamodule.wait_for_files()  # type: ignore[attr-defined]
 
 
 def save_run_config(cfg: DictConfig) -> None:
@@ -147,7 +150,7 @@ def save_run_config(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.tree import Tree
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig's
     tree = Tree("config", guide_style="dim")
     for key, value in resolved.items():
         if isinstance(value, dict):
@@ -178,9 +181,9 @@ def build_model(cfg: DictConfig, image_shape: list[int]) -> "L.LightningModule":
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model and test its best checkpoint. Returns the final metrics: the best
-    checkpoint's validation metrics (`val/loss`, ..., with `best_epoch`), its test metrics and
-    the last logged training metrics."""
+    """Fit the model and test its best checkpoint. Returns the final metrics, also kept as
+    `<run>/metrics.json`: the best checkpoint's validation metrics (`val/loss`, ..., with
+    `best_epoch`), its test metrics and the last logged training metrics."""
     check_config(cfg)
     import lightning as L
 
@@ -188,7 +191,8 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     seed = L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, seed)
     fetch_data(datamodule)
-    model = build_model(cfg, list(datamodule.image_shape))
+    # an aelab ImageDataModule (cfg.data)
+    model = build_model(cfg, list(datamodule.image_shape))  # type: ignore[attr-defined]
     ckpt_path = resume_path(cfg)
     if ckpt_path:
         check_checkpoint(ckpt_path, model)
@@ -213,9 +217,11 @@ def fit_and_test_locked(
 ) -> dict[str, float]:
     """`fit_and_test` once the run holds its folder."""
     import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from aelab import speedups
+    from aelab.loggers.runs import closing, log_final_metrics
 
     if global_rank() == 0:
         save_run_config(cfg)
@@ -224,52 +230,46 @@ def fit_and_test_locked(
     if cfg.speedups:
         speedups.apply(trainer, model)
     log_run_start(loggers, cfg, seed)
-
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:
-        raise Interrupted(
-            f"stopped by SIGTERM at step {trainer.global_step}, after saving "
-            f"{Path(cfg.paths.output_dir) / 'checkpoints'}; resume with ckpt_path=last"
-        ) from None
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-        model.load_state_dict(checkpoint["state_dict"])
-        metrics |= checkpoint.get("val_metrics", {}) | {"best_epoch": float(checkpoint["epoch"])}
-    else:
-        log.warning("No best checkpoint was saved: testing the weights at the end of training")
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule)
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
-    log_final_metrics(loggers, metrics, trainer.global_step)
+    with closing(loggers):
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            raise Interrupted(
+                f"stopped by SIGTERM at step {trainer.global_step}, after saving "
+                f"{Path(cfg.paths.output_dir) / 'checkpoints'}; resume with ckpt_path=last"
+            ) from None
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")
+        }
+        saving = trainer.checkpoint_callback
+        best = saving.best_model_path if isinstance(saving, ModelCheckpoint) else ""
+        if best:
+            checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+            model.load_state_dict(checkpoint["state_dict"])
+            metrics |= checkpoint.get("val_metrics", {}) | {
+                "best_epoch": float(checkpoint["epoch"])
+            }
+        else:
+            log.warning("No best checkpoint was saved: testing the weights at the end of training")
+            metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            trainer.test(model, datamodule=datamodule)
+            metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+        log_final_metrics(loggers, metrics, trainer.global_step)
+    if global_rank() == 0:
+        (Path(cfg.paths.output_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
 def log_run_start(loggers: list, cfg: DictConfig, seed: int) -> None:
     """Record what this run is compared by (`aelab.loggers.hparams`) with every logger, and
-    its whole config in TensorBoard's Text tab."""
-    from aelab.loggers import TensorBoardLogger
+    its whole config with those that keep it (aelab.loggers.runs)."""
     from aelab.loggers.hparams import compared_hparams
+    from aelab.loggers.runs import log_run_start as start
 
-    hparams = compared_hparams(cfg, seed)
-    for lg in loggers:
-        lg.log_hyperparams(hparams)
-        if isinstance(lg, TensorBoardLogger):
-            lg.log_config(OmegaConf.to_yaml(cfg, resolve=True), git_state())
-
-
-def log_final_metrics(loggers: list, metrics: dict[str, float], step: int) -> None:
-    """Fill TensorBoard's HParams view: the tested checkpoint's `val/...` and `test/...`
-    metrics as this run's values."""
-    from aelab.loggers import TensorBoardLogger
-
-    final = {name: value for name, value in metrics.items() if name.startswith(("val/", "test/"))}
-    for lg in loggers:
-        if isinstance(lg, TensorBoardLogger) and final:
-            lg.log_final_metrics(final, step)
+    if not loggers:
+        return
+    start(loggers, compared_hparams(cfg, seed), OmegaConf.to_yaml(cfg, resolve=True), git_state())
 
 
 def optimized(cfg: DictConfig, metrics: dict[str, float]) -> float | None:

@@ -7,14 +7,13 @@ import types
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
-from numbers import Number
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
-    import torch
+    import lightning as L
 
 from aelab.errors import AelabError, ConfigError, root_cause
 
@@ -43,7 +42,7 @@ def check_config(cfg: DictConfig) -> None:
     """Reject values that cannot work and keys that nothing reads, naming the key and what is
     allowed."""
     _require(cfg, "model.latent_dim", _positive_int, "an integer > 0")
-    _require(cfg, "model.optimizer.lr", lambda v: isinstance(v, Number) and v > 0, POSITIVE)
+    _require(cfg, "model.optimizer.lr", lambda v: isinstance(v, int | float) and v > 0, POSITIVE)
     _require(cfg, "data.batch_size", _positive_int, "an integer > 0")
     _require(cfg, "data.chunk_size", _positive_int, "an integer > 0 (images per gather)")
     _require(
@@ -131,7 +130,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def check_checkpoint(
-    path: str | Path, model: "torch.nn.Module", checkpoint: dict | None = None
+    path: str | Path, model: "L.LightningModule", checkpoint: dict | None = None
 ) -> dict:
     """Make sure the checkpoint at `path` (loaded here unless given) holds this model for these
     images, and return it."""
@@ -170,8 +169,8 @@ def check_same_run(cfg: DictConfig, ckpt_path: str | Path) -> None:
     saved_file = Path(ckpt_path).absolute().parent.parent / RUN_CONFIG
     if not saved_file.is_file():
         return
-    saved = OmegaConf.to_container(OmegaConf.load(saved_file))
-    current = OmegaConf.to_container(cfg, resolve=True)
+    saved = _as_dict(OmegaConf.to_container(OmegaConf.load(saved_file)))
+    current = _as_dict(OmegaConf.to_container(cfg, resolve=True))
     for group in ("model", "data"):
         old, new = _flat(saved.get(group, {}), group), _flat(current.get(group, {}), group)
         for key in sorted(set(old) | set(new)):
@@ -184,6 +183,11 @@ def check_same_run(cfg: DictConfig, ckpt_path: str | Path) -> None:
                     f"({saved_file.parent}/.hydra/overrides.yaml), or start a new run from its "
                     "weights with init_from=PATH"
                 )
+
+
+def _as_dict(container: Any) -> dict[str, Any]:
+    """A run config as a plain dict (a config file holds a mapping)."""
+    return container if isinstance(container, dict) else {}
 
 
 def _flat(node: Any, prefix: str) -> dict[str, Any]:

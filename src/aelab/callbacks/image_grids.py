@@ -1,17 +1,23 @@
-"""Image grids in TensorBoard: what the model reconstructs and, for generative models, samples."""
+"""Image grids in every logger that shows images: what the model reconstructs and, for generative
+models, samples."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
 from aelab.data import to_float
+from aelab.loggers.media import log_image, takes_images
+
+if TYPE_CHECKING:
+    from aelab.models import AutoencoderModule
 
 
 class ImageGrids(L.Callback):
-    """At the end of each validation epoch, log to TensorBoard
+    """At the end of each validation epoch, log to every logger that shows images (TensorBoard,
+    MLflow, W&B)
 
     - `val/reconstructions`: the same `num_images` validation images (top row) above their
       reconstructions (bottom row), so epochs can be compared image by image; for a denoising
@@ -30,9 +36,8 @@ class ImageGrids(L.Callback):
         self.seed = seed
         self.save_png = save_png
 
-    def _log(self, trainer: L.Trainer, writers: list, tag: str, grid: torch.Tensor) -> None:
-        for writer in writers:
-            writer.add_image(tag, grid, trainer.global_step)
+    def _log(self, trainer: L.Trainer, tag: str, grid: torch.Tensor) -> None:
+        log_image(trainer.loggers, tag, grid, trainer.global_step)
         if self.save_png:
             folder = Path(trainer.default_root_dir) / "images"
             folder.mkdir(parents=True, exist_ok=True)
@@ -42,22 +47,24 @@ class ImageGrids(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not writers and not self.save_png:
+        if not any(takes_images(lg) for lg in trainer.loggers) and not self.save_png:
             return
-        images = trainer.datamodule.val_set.images[: self.num_images]
-        x = to_float(images.to(pl_module.device))
-        if getattr(pl_module, "noise", None):
+        model = cast("AutoencoderModule", pl_module)  # the callback serves aelab's models
+        # mypy: Lightning's Trainer.datamodule is set by fit(datamodule=...), undeclared
+        images = trainer.datamodule.val_set.images[: self.num_images]  # type: ignore[attr-defined]
+        x = to_float(images.to(model.device))
+        if getattr(model, "noise", None):
             generator = torch.Generator(x.device).manual_seed(self.seed)
-            noisy = pl_module.corrupt(x, generator)
-            rows = [noisy, pl_module.reconstruct(noisy), x]
+            noisy = model.corrupt(x, generator)
+            rows = [noisy, model.reconstruct(noisy), x]
         else:
-            rows = [x, pl_module.reconstruct(x)]
+            rows = [x, model.reconstruct(x)]
         grid = make_grid(torch.cat(rows).float().cpu(), nrow=len(x), pad_value=1)
-        self._log(trainer, writers, "val/reconstructions", grid)
-        if hasattr(pl_module, "sample"):
+        self._log(trainer, "val/reconstructions", grid)
+        if hasattr(model, "sample"):
             generator = torch.Generator().manual_seed(self.seed)
-            z = torch.randn(self.num_samples, pl_module.latent_dim, generator=generator)
-            samples = pl_module.sample(z.to(pl_module.device)).float().cpu()
+            z = torch.randn(self.num_samples, model.latent_dim, generator=generator)
+            # models with a prior define sample(); checked by hasattr above
+            samples = model.sample(z.to(model.device)).float().cpu()  # type: ignore[operator]
             grid = make_grid(samples, nrow=int(self.num_samples**0.5), pad_value=1)
-            self._log(trainer, writers, "val/samples", grid)
+            self._log(trainer, "val/samples", grid)

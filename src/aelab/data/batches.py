@@ -132,7 +132,7 @@ class Batches:
         trained: Callable[[], int] = lambda: 0,
     ) -> None:
         self.loader = loader
-        self.indices: BatchIndices = loader.sampler
+        self.indices: BatchIndices = loader.sampler  # type: ignore[assignment]  # the loader is built on one
         self.transform = transform
         self.trained = trained
 

@@ -134,13 +134,18 @@ class ImageDataModule(L.LightningDataModule):
         self.on_device = on_device
         dirs = self.info.system_dirs if system_dirs is None else system_dirs
         self.system_dirs = [Path(d) for d in dirs]
-        self.train_set: TensorImages | None = None
-        self.val_set: TensorImages | None = None
-        self.test_set: TensorImages | None = None
+        # None until setup(), and read only after it: typed as what the code reads
+        self.train_set: TensorImages = None  # type: ignore[assignment]
+        self.val_set: TensorImages = None  # type: ignore[assignment]
+        self.test_set: TensorImages = None  # type: ignore[assignment]
 
     @property
     def raw_dir(self) -> Path:
-        if self.path is not None and self.info.folder is None:
+        if self.info.folder is None:
+            if self.path is None:
+                raise ConfigError(
+                    "data=idx needs data.path=DIR, a folder holding the four IDX files"
+                )
             return self.path
         return self.data_dir / self.info.folder / "raw"
 
@@ -151,8 +156,10 @@ class ImageDataModule(L.LightningDataModule):
             for split, name in SPLITS.items():
                 names = [name, ALIASES.get(split, name)]
                 candidates = [folder / n for base in names for n in (base, f"{base}.gz")]
-                found[split] = next((p for p in candidates if p.is_file()), None)
-            if all(found.values()):
+                path = next((p for p in candidates if p.is_file()), None)
+                if path is not None:
+                    found[split] = path
+            if len(found) == len(SPLITS):
                 return found
         return None
 
@@ -292,7 +299,8 @@ class ImageDataModule(L.LightningDataModule):
         a checkpoint saved in `on_train_batch_end` comes before the batch counts as completed."""
         if self.trainer is None:
             return 0
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        # the batch progress's `current` is a _ProcessedTracker; the loop declares its base class
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
 
     def _loader(
         self,
@@ -339,7 +347,8 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> Batches:
         # `trainer.overfit_batches` (debug=overfit) wants the same first batches every epoch.
         # Lightning can switch a plain DataLoader to sequential order, not this one: we do it.
-        overfitting = self.trainer is not None and self.trainer.overfit_batches > 0
+        # Lightning's connectors set this Trainer attribute without declaring it
+        overfitting = self.trainer is not None and self.trainer.overfit_batches > 0  # type: ignore[attr-defined]
         return self._loader(
             self.train_set,
             shuffle=not overfitting,

@@ -8,7 +8,7 @@ VAE or the VampPrior bring their own terms and this file only batches and sums t
 """
 
 import math
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,6 +23,8 @@ class ImportanceWeighted(Protocol):
     device: torch.device
 
     def log_importance_weights(self, x: torch.Tensor, samples: int) -> torch.Tensor: ...
+
+    def eval(self) -> Any: ...  # a module's: the bound is taken in eval mode
 
 
 @torch.inference_mode()

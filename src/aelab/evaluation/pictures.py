@@ -1,4 +1,8 @@
-"""Pictures of the latent space in TensorBoard: projector, scatter, traversal, interpolation."""
+"""Pictures of the latent space: scatter, traversal and interpolation for every logger that shows
+images, and the embedding projector in TensorBoard."""
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torchvision.utils import make_grid
@@ -6,6 +10,9 @@ from torchvision.utils import make_grid
 from aelab.data import ImageDataModule, to_float
 from aelab.evaluation.probes import latent_codes
 from aelab.models import AutoencoderModule
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
 
 
 def interpolate(
@@ -38,7 +45,7 @@ def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
     figure = Figure(figsize=(6, 5), dpi=100)
     if codes.shape[1] == 3:
         axes = figure.add_subplot(projection="3d")
-        points = axes.scatter(*codes.T, c=labels, cmap="tab10", s=4)
+        points = axes.scatter(codes[:, 0], codes[:, 1], codes[:, 2], c=labels, cmap="tab10", s=4)
         title = "3-d codes"
     else:
         if codes.shape[1] == 1:
@@ -52,7 +59,7 @@ def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
                 "codes, PCA",
             )
         axes = figure.add_subplot()
-        points = axes.scatter(*xy.T, c=labels, cmap="tab10", s=4)
+        points = axes.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4)
     axes.set_title(title)
     figure.colorbar(points, ax=axes, label="label")
     return figure
@@ -60,7 +67,7 @@ def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
 
 @torch.no_grad()
 def log_latent_pictures(
-    writer,
+    loggers: "Iterable[Logger]",
     model: AutoencoderModule,
     datamodule: ImageDataModule,
     step: int,
@@ -68,26 +75,34 @@ def log_latent_pictures(
     traversal_dims: int = 10,
     steps: int = 10,
 ) -> None:
-    """Write the projector data and the `latent/*` images to a TensorBoard SummaryWriter."""
+    """Log the `latent/*` images to every logger that shows images, and the projector data
+    (codes, labels, image sprites) to TensorBoard's."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from aelab.loggers.media import log_figure, log_image
+
+    loggers = list(loggers)
     model.eval()
     images = datamodule.test_set.images[:num_points]
     labels = datamodule.test_set.labels[:num_points].cpu()
     codes = latent_codes(model, images)
-    writer.add_embedding(
-        codes,
-        metadata=labels.tolist(),
-        label_img=to_float(images.cpu()),
-        global_step=step,
-        tag="latent/test_codes",
-    )
-    writer.add_figure("latent/scatter", scatter_figure(codes, labels), step)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_embedding(
+                codes,
+                metadata=labels.tolist(),
+                label_img=to_float(images.cpu()),
+                global_step=step,
+                tag="latent/test_codes",
+            )
+    log_figure(loggers, "latent/scatter", scatter_figure(codes, labels), step)
     x = to_float(images[:16].to(model.device))
     grid = make_grid(
         interpolate(model, x[:8], x[8:16], steps).float().cpu(), nrow=steps, pad_value=1
     )
-    writer.add_image("latent/interpolation", grid, step)
+    log_image(loggers, "latent/interpolation", grid, step)
     if hasattr(model, "sample"):
         grid = make_grid(
             traversal(model, traversal_dims, steps).float().cpu(), nrow=steps, pad_value=1
         )
-        writer.add_image("latent/traversal", grid, step)
+        log_image(loggers, "latent/traversal", grid, step)

@@ -4,6 +4,7 @@ of a sweep (or a list) to evaluate."""
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +26,7 @@ class Run:
     def datamodule(self, data_dir: str | None = None) -> ImageDataModule:
         """The run's data, read from `data_dir` or else from the run's own `paths.data_dir`,
         prepared and set up (only what needs images asks for it: samples need none)."""
-        data = OmegaConf.to_container(self.config.data)
+        data = cast(dict, OmegaConf.to_container(self.config.data))
         if data_dir is not None:
             data["data_dir"] = data_dir
         datamodule = instantiate(data, seed=self.config.get("seed") or 0)
@@ -45,6 +46,8 @@ def load_run(ckpt_path: str | Path) -> Run:
             "checkpoint inside its run folder (<run>/checkpoints/*.ckpt)"
         )
     config = OmegaConf.load(config_file)
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{config_file}: not a run config (it holds no mapping)")
     checkpoint = load_checkpoint(ckpt_path)
     image_shape = list(checkpoint["hyper_parameters"].get("image_shape", ()))
     model = instantiate(config.model, image_shape=image_shape, _convert_="all")
@@ -117,6 +120,7 @@ def jobs_to_evaluate(ckpt_path: str | Path | Sequence[str]) -> tuple[list[Job], 
         jobs = []
         for job_dir in job_dirs:
             record = read_record(job_dir)
+            assert record is not None, f"{job_dir}: the glob above found its record"
             job = Job(record["job"], record["overrides"], None, record["status"])
             if record["status"] != "ok":
                 job.error = f"training {record['status']}: {record['error']}"
@@ -132,6 +136,6 @@ def jobs_to_evaluate(ckpt_path: str | Path | Sequence[str]) -> tuple[list[Job], 
     jobs = []
     for number, path in enumerate(ckpt_path):
         overrides_file = Path(path).absolute().parent.parent / ".hydra" / "overrides.yaml"
-        overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+        overrides: Any = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
         jobs.append(Job(number, " ".join(map(str, overrides)), Path(path)))
     return jobs, None

@@ -9,9 +9,12 @@ of `hydra.sweeper.params` (where Optuna's search space lives); folders never cou
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from hydra.conf import HydraConf
 
 SINGLE_RUN = "tensorboard"  # the run folder of a single run, or of a sweep that varies nothing
 MAX_NAME = 64  # characters of a run name; a longer one keeps its start and a hash of the rest
@@ -60,7 +63,7 @@ def _parse(overrides: list[str]) -> list:
     return OverridesParser.create().parse_overrides(overrides)
 
 
-def _hydra() -> DictConfig | None:
+def _hydra() -> "HydraConf | None":
     """This job's Hydra config in a multirun; None in a single run or outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

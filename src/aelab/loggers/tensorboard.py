@@ -143,7 +143,8 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         self.experiment.file_writer.add_summary(custom_scalars(layout), step)
 
     @rank_zero_only
-    def log_graph(self, model: L.LightningModule, input_array: Any = None) -> None:
+    # Lightning passes the LightningModule it trains, whose hparams this reads
+    def log_graph(self, model: L.LightningModule, input_array: Any = None) -> None:  # type: ignore[override]
         """Trace the network once (Lightning asks again before testing) on two blank images,
         in eval mode and on a forked random stream so that training is not changed by it.
         Traced directly: Lightning's own path sends the input through the datamodule's batch

@@ -92,6 +92,8 @@ class AutoencoderModule(L.LightningModule):
         """The saved random states, at the first step after a resume: once everything before
         it has run (Lightning calls no epoch-start hook when it resumes mid-epoch)."""
         states = self._rng_states_to_restore
+        if states is None:
+            return
         torch.set_rng_state(states["torch"])
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
@@ -138,7 +140,8 @@ class AutoencoderModule(L.LightningModule):
             1, self.trainer.num_training_batches
         )
         terms = self.loss_terms(self.corrupt(x), x)
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        # Lightning's connectors set this Trainer attribute without declaring it
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]
             # Only on the steps the logger writes anyway: handing values to `self.log` on every
             # step costs Lightning's bookkeeping each time and, on a GPU, a host sync. Not
             # `prog_bar` (read back after every step): `aelab.callbacks.ProgressBar` shows

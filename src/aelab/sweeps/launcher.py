@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,9 @@ class ProcessLauncher(Launcher):
     ) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
-    def launch(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -101,7 +104,7 @@ class ProcessLauncher(Launcher):
         state = Singleton.get_state()
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="aelab-job") as pool:
-            return list(pool.map(lambda job: self.run(*job, state), jobs))
+            return list(pool.map(lambda job: self.run(job[0], job[1], state), jobs))
 
     def run(self, idx: int, overrides: list[str], singleton_state: dict) -> JobReturn:
         """Run job `idx` in a new process and wait for it; a process that dies without an
@@ -128,7 +131,8 @@ class ProcessLauncher(Launcher):
         record = killed_record(
             idx,
             list(sweep_config.hydra.overrides.task),
-            process.exitcode,
+            # join() has returned: the exit code is set
+            process.exitcode,  # type: ignore[arg-type]
             time.perf_counter() - start,
         )
         write_record(job_dir, record)

@@ -31,11 +31,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode, TaskFunction
@@ -47,6 +47,7 @@ from aelab.sweeps.jobs import read_record, write_record
 if TYPE_CHECKING:
     import lightning as L
     import optuna
+    from hydra.core.utils import JobReturn
 
 log = logging.getLogger(__name__)
 STUDY_FILE = "study.db"
@@ -65,20 +66,32 @@ def distribution(key: str, sweep: ChoiceSweep | IntervalSweep | RangeSweep) -> A
     if isinstance(sweep, ChoiceSweep):
         if log_scale:
             raise ConfigError(f"{key}: tag(log, ...) takes an interval, not choice(...)")
-        return d.CategoricalDistribution(sweep.list)
+        # the values of a parsed choice(...) are the YAML scalars Optuna takes
+        return d.CategoricalDistribution(sweep.list)  # type: ignore[arg-type]
     if isinstance(sweep, IntervalSweep):
-        if all(isinstance(v, int) for v in (sweep.start, sweep.end)):
-            return d.IntDistribution(sweep.start, sweep.end, log=log_scale)
-        return d.FloatDistribution(sweep.start, sweep.end, log=log_scale)
+        start, end = sweep.start, sweep.end
+        if start is None or end is None:
+            raise ConfigError(f"{key}: interval(...) takes a start and an end")
+        if isinstance(start, int) and isinstance(end, int):
+            return d.IntDistribution(start, end, log=log_scale)
+        return d.FloatDistribution(start, end, log=log_scale)
     values = list(sweep.range())
     if not values or log_scale:
         raise ConfigError(f"{key}: range(...) must hold at least one value and takes no tags")
     if all(isinstance(v, int) for v in values):
-        return d.IntDistribution(values[0], values[-1], step=sweep.step)
+        return d.IntDistribution(values[0], values[-1], step=int(sweep.step))
     return d.CategoricalDistribution(values)
 
 
-def search_space(params: Mapping[str, str], arguments: Sequence[str]) -> tuple[list[str], dict]:
+def dimension(override: Override) -> ChoiceSweep | IntervalSweep | RangeSweep:
+    """The search dimension of a sweep override (Optuna searches no glob(...))."""
+    value = override.value()
+    if not isinstance(value, ChoiceSweep | IntervalSweep | RangeSweep):
+        raise ConfigError(f"{override.input_line}: search with choice(...), interval(...), range()")
+    return value
+
+
+def search_space(params: Mapping[str, Any], arguments: Sequence[str]) -> tuple[list[str], dict]:
     """The fixed overrides and the search space: `params` (the config's), then the command
     line, where a sweep adds or replaces a dimension and a plain value fixes its key."""
     parser = OverridesParser.create()
@@ -87,15 +100,16 @@ def search_space(params: Mapping[str, str], arguments: Sequence[str]) -> tuple[l
         (override,) = parser.parse_overrides([f"{key}={value}"])
         if not override.is_sweep_override():
             raise ConfigError(f"hydra.sweeper.params.{key}={value!r} is not a search dimension")
-        space[key] = distribution(key, override.value())
-    fixed = []
+        space[key] = distribution(key, dimension(override))
+    fixed: list[str] = []
     for override in parser.parse_overrides(list(arguments)):
         key = override.get_key_element()
         if override.is_sweep_override():
-            space[key] = distribution(key, override.value())
+            space[key] = distribution(key, dimension(override))
         else:
             space.pop(key, None)
-            fixed.append(override.input_line)
+            # parse_overrides keeps each override's input_line
+            fixed.append(override.input_line)  # type: ignore[arg-type]
     if not space:
         raise ConfigError("hydra.sweeper.params is empty: nothing to search")
     return fixed, space
@@ -243,7 +257,7 @@ class OptunaSearch(Sweeper):
         self.study_name, self.storage, self.direction = study_name, storage, direction
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.sampler, self.pruner = sampler, pruner
-        self.params = OmegaConf.to_container(params) if params else {}
+        self.params = cast(dict, OmegaConf.to_container(params)) if params else {}
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -262,7 +276,8 @@ class OptunaSearch(Sweeper):
             storage=open_storage(self.storage, sweep_dir),
             sampler=self.sampler,
             pruner=self.pruner,
-            direction=self.direction,
+            # __init__ allows only minimize and maximize
+            direction=self.direction,  # type: ignore[arg-type]
             load_if_exists=True,
         )
         if study.trials and self.sampler is not None:
@@ -274,7 +289,7 @@ class OptunaSearch(Sweeper):
         """The next trials to run, at most `n_jobs`, none beyond `n_trials` in the study."""
         from optuna.trial import TrialState
 
-        trials = []
+        trials: list[optuna.trial.Trial] = []
         while len(trials) < self.n_jobs and counted(study) < self.n_trials:
             trial = study.ask(space)
             trial.set_user_attr(WORKER, worker())
@@ -287,6 +302,7 @@ class OptunaSearch(Sweeper):
         return trials
 
     def sweep(self, arguments: list[str]) -> None:
+        assert self.config is not None and self.launcher is not None, "Hydra calls setup() first"
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -302,7 +318,7 @@ class OptunaSearch(Sweeper):
         )
         while trials := self.ask(study, space):
             params = {t.number: [f"{k}={v}" for k, v in t.params.items()] for t in trials}
-            returns = []
+            returns: list[JobReturn] = []
             with heartbeat(trials):
                 for run in consecutive(list(params)):
                     overrides = [fixed + params[n] for n in run]

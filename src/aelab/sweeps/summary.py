@@ -89,6 +89,6 @@ def write_summary(folder: Path, records: list[dict], name: str = "summary") -> p
         table.add_column(column, overflow="fold")
     for row, n in zip(shown.itertuples(index=False), summary["n"], strict=True):
         failed = next((s for s in STATUSES if getattr(row, s) != "0"), None)
-        table.add_row(*row, style=STYLES.get(failed) if n == 0 else None)
+        table.add_row(*row, style=STYLES.get(failed) if n == 0 and failed else None)
     Console(width=160).print(table)
     return summary

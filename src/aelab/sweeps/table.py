@@ -28,7 +28,8 @@ def number(value: float) -> str:
 
 def collect(sweep_dir: Path) -> list[dict]:
     """Every job's record under `sweep_dir`, in job order."""
-    records = [read_record(p.parent) for p in sweep_dir.glob(f"*/{RESULT_FILE}")]
+    found = [read_record(p.parent) for p in sweep_dir.glob(f"*/{RESULT_FILE}")]
+    records = [record for record in found if record is not None]
     return sorted(records, key=lambda r: r["job"])
 
 

@@ -1,0 +1,94 @@
+"""Lightning's Weights & Biases logger, offline unless an API key is configured.
+
+So that a run never blocks on a login prompt: `mode` null takes `WANDB_MODE` when it is set,
+else `online` when W&B has an API key (`WANDB_API_KEY`, or the netrc entry `wandb login`
+writes), else `offline`: the run is kept in `<run>/wandb/offline-run-*/`, to upload later with
+`wandb sync`.
+"""
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from aelab.errors import ConfigError
+from aelab.loggers.extras import require
+from aelab.loggers.hparams import SINGLE_RUN, run_name
+
+Mode = Literal["online", "offline", "disabled"]
+# WANDB_MODE's values, with W&B's old names `dryrun` and `run`
+MODES: dict[str, Mode] = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": "disabled",
+}
+
+
+class WandbLogger(LightningWandbLogger):
+    """Metrics, hyperparameters, images and the config of a run in W&B (see the module's
+    docstring for `mode`); `name` null: in a multirun, the overrides that tell its jobs apart."""
+
+    def __init__(
+        self,
+        save_dir: str,
+        project: str = "aelab",
+        name: str | None = None,
+        mode: Mode | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        log_model: bool | Literal["all"] = False,
+    ) -> None:
+        require("wandb", "wandb", "logger=wandb")
+        mode = mode or wandb_mode()
+        if log_model and mode != "online":
+            raise ConfigError(
+                f"logger.wandb.log_model={log_model!r} needs an online run; this one is {mode} "
+                "(set WANDB_API_KEY or run `wandb login`)"
+            )
+        sweep_name = run_name()
+        super().__init__(
+            name=name or (None if sweep_name == SINGLE_RUN else sweep_name),
+            save_dir=save_dir,
+            project=project,
+            log_model=log_model,
+            mode=mode,
+            entity=entity,
+            group=group,
+            tags=tags,
+        )
+
+    @rank_zero_only
+    def log_config(self, config_yaml: str, git: dict[str, Any]) -> None:
+        """The run's composed config as its file `config.yaml` (what lies in the run's `dir` is
+        uploaded with it; W&B records the commit itself)."""
+        (Path(self.experiment.dir) / "config.yaml").write_text(config_yaml)
+
+
+def wandb_mode() -> Mode:
+    """`WANDB_MODE` if set, else online when an API key is configured, else offline."""
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        if env not in MODES:
+            raise ConfigError(f"WANDB_MODE={env!r} is not allowed; use online, offline or disabled")
+        return MODES[env]
+    return "online" if has_api_key() else "offline"
+
+
+def has_api_key() -> bool:
+    """Whether W&B would log in without asking: WANDB_API_KEY, or a netrc entry for its host.
+    W&B offers no public call that answers this without prompting, hence these few lines."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
