@@ -125,7 +125,8 @@ def feature_classifier(
     """The dataset's classifier and its test accuracy: read from the cache, or trained and
     cached (`<cache_dir>/classifiers/<dataset>-<key>.pt`)."""
     classes = int(train.labels.max()) + 1
-    image_shape = tuple(train.images.shape[1:])
+    channels, height, width = train.images.shape[1:]
+    image_shape = (channels, height, width)
     model = FeatureClassifier(image_shape, classes, recipe.width, recipe.features, recipe.lr)
     path = (
         Path(cache_dir)

@@ -16,6 +16,7 @@ pythae's GMM sampler do). Models that cannot generate get none of these metrics.
 
 import logging
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from sklearn.mixture import GaussianMixture
@@ -30,9 +31,16 @@ log = logging.getLogger(__name__)
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's download
 
 
+@runtime_checkable
+class Generative(Protocol):
+    """A model with a prior: `sample(n)` decodes n draws from it."""
+
+    def sample(self, z: torch.Tensor | int) -> torch.Tensor: ...
+
+
 def can_generate(model: AutoencoderModule) -> bool:
     """A prior to sample from, or a continuous code a mixture can be fitted to."""
-    return hasattr(model, "sample") or isinstance(model, Autoencoder)
+    return isinstance(model, (Generative, Autoencoder))
 
 
 @torch.inference_mode()
@@ -47,7 +55,7 @@ def generated_images(
     """`count` uint8 images (N, C, H, W) decoded from prior draws, or from a Gaussian mixture
     (full covariances) fitted to the codes of `train_images`; on the CPU."""
     model.eval()
-    if hasattr(model, "sample"):
+    if isinstance(model, Generative):
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(seed)
             images = [model.sample(len(n)) for n in torch.arange(count).split(batch_size)]
