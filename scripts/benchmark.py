@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,7 @@ from aelab.config import CONFIG_DIR, prepare_hydra
 from aelab.data import to_float
 from aelab.data.idx import read_idx
 from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
+from aelab.machine import cpu_name
 from aelab.speedups import NVML_CHECK, skip_nvml_probe_without_cuda
 from aelab.train import train
 
@@ -266,18 +266,6 @@ def nll_iw_row(model: str, vae: L.LightningModule, args: argparse.Namespace) -> 
     row |= {f"{name}_seconds_per_round": times for name, times in seconds.items()}
     row["aelab_vs_bare"] = row["aelab_seconds"] / row["bare_seconds"]
     return row
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo, else what `platform` knows). a/c depends on
-    it: Lightning's cost per step is Python on one core, and a faster CPU shrinks the compute
-    around it more than the Python."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
 
 
 def startup_seconds(args: list[str], runs: int) -> float:

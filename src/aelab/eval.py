@@ -17,6 +17,8 @@ training failed, or that left no checkpoint, are rows marked failed.
 """
 
 import gc
+import json
+import logging
 import time
 from pathlib import Path
 from typing import cast
@@ -27,6 +29,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from aelab.config import CONFIG_MODULE, run_app
 from aelab.errors import ConfigError
 from aelab.train import report_user_errors
+
+log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -128,6 +132,37 @@ def sample_metrics(cfg: DictConfig, model, datamodule, dataset: str) -> dict[str
     return metrics
 
 
+EVAL_FILE = "eval.json"  # in the job's run folder: its metrics and the settings they came from
+
+
+def evaluation_settings(cfg: DictConfig, checkpoint: Path) -> dict:
+    """What an evaluation's metrics depend on: the checkpoint (its file as it is now) and every
+    eval setting but where this evaluation writes."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(settings, dict)
+    for key in ("ckpt_path", "paths", "logger", "hydra", "task_name"):
+        settings.pop(key, None)
+    stat = checkpoint.stat()
+    return settings | {"checkpoint": str(checkpoint.resolve()), "mtime_ns": stat.st_mtime_ns}
+
+
+def earlier_evaluation(cfg: DictConfig, checkpoint: Path) -> dict | None:
+    """The metrics of an earlier evaluation of this checkpoint with the same settings, kept in
+    its run folder; None when there is none (or the settings or the checkpoint changed)."""
+    path = checkpoint.parent.parent / EVAL_FILE
+    if not path.is_file():
+        return None
+    kept = json.loads(path.read_text())
+    return kept["metrics"] if kept.get("settings") == evaluation_settings(cfg, checkpoint) else None
+
+
+def keep_evaluation(cfg: DictConfig, checkpoint: Path, metrics: dict) -> None:
+    from aelab.checkpoints import write_atomically
+
+    kept = {"settings": evaluation_settings(cfg, checkpoint), "metrics": metrics}
+    write_atomically(checkpoint.parent.parent / EVAL_FILE, json.dumps(kept, indent=2).encode())
+
+
 def evaluate_all(cfg: DictConfig) -> list[dict]:
     """Evaluate every checkpoint of a multirun's folder or a list (`cfg.ckpt_path`), each with
     its events in `<this run>/<job>/`, and write the per-job table and the summary over seeds."""
@@ -142,11 +177,17 @@ def evaluate_all(cfg: DictConfig) -> list[dict]:
         record = {"job": job.job, "overrides": job.overrides, "status": job.status}
         record |= {"metrics": {}, "error": job.error}
         start = time.perf_counter()
-        if job.checkpoint is not None:
+        earlier = earlier_evaluation(cfg, job.checkpoint) if job.checkpoint else None
+        if earlier is not None:
+            record["metrics"] = earlier
+            log.info(f"Job {job.job}: evaluated in an earlier run with the same settings")
+        elif job.checkpoint is not None:
             own = Path(cfg.paths.output_dir) / str(job.job)
             one = {"ckpt_path": str(job.checkpoint), "paths": {"output_dir": str(own)}}
             try:
-                record["metrics"] = evaluate(cast(DictConfig, OmegaConf.merge(cfg, one)))
+                metrics = evaluate(cast(DictConfig, OmegaConf.merge(cfg, one)))
+                keep_evaluation(cfg, job.checkpoint, metrics)
+                record["metrics"] = metrics
             except Exception as err:
                 record |= {"status": "failed", "error": one_line(err)}
         record["seconds"] = round(time.perf_counter() - start, 1)
