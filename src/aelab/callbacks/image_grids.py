@@ -1,5 +1,6 @@
 """Image grids in TensorBoard: what the model reconstructs and, for generative models, samples."""
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -9,6 +10,8 @@ from torchvision.utils import make_grid, save_image
 
 from aelab.data import to_float
 
+log = logging.getLogger(__name__)
+
 
 class ImageGrids(L.Callback):
     """At the end of each validation epoch, log to TensorBoard
@@ -17,7 +20,8 @@ class ImageGrids(L.Callback):
       reconstructions (bottom row), so epochs can be compared image by image; for a denoising
       model three rows: the corrupted input, its reconstruction, the clean image;
     - `val/samples`: for models with a `sample` method, `num_samples` images decoded from prior
-      draws fixed once by `seed`.
+      draws fixed once by `seed`. Models without a prior to sample from (autoencoders, VQ-VAE,
+      whose codes have no learned prior) get none: a grid of arbitrary codes is no sample.
 
     With `save_png`, each grid is also written to `<run>/images/<tag>_epoch_NNN.png`.
     """
@@ -29,6 +33,11 @@ class ImageGrids(L.Callback):
         self.num_samples = num_samples
         self.seed = seed
         self.save_png = save_png
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and not hasattr(pl_module, "sample"):
+            name = type(pl_module).__name__
+            log.info(f"{name} has no prior to sample from: no val/samples grid")
 
     def _log(self, trainer: L.Trainer, writers: list, tag: str, grid: torch.Tensor) -> None:
         for writer in writers:
@@ -56,8 +65,8 @@ class ImageGrids(L.Callback):
         grid = make_grid(torch.cat(rows).float().cpu(), nrow=len(x), pad_value=1)
         self._log(trainer, writers, "val/reconstructions", grid)
         if hasattr(pl_module, "sample"):
+            # each family draws from its own prior (VampPrior's mixture, the two-layer chain)
             generator = torch.Generator().manual_seed(self.seed)
-            z = torch.randn(self.num_samples, pl_module.latent_dim, generator=generator)
-            samples = pl_module.sample(z.to(pl_module.device)).float().cpu()
+            samples = pl_module.sample(self.num_samples, generator=generator).float().cpu()
             grid = make_grid(samples, nrow=int(self.num_samples**0.5), pad_value=1)
             self._log(trainer, writers, "val/samples", grid)
