@@ -204,6 +204,20 @@ def test_vqvae_has_no_prior_to_sample_from():
     assert not hasattr(model, "sample") and not isinstance(model, ImportanceWeighted)
 
 
+def test_reconstruction_mse_is_the_same_measure_for_every_family():
+    from aelab.evaluation.reconstruction import reconstruction_mse
+    from aelab.models import Autoencoder
+
+    images = (binary_images(6) * 255).to(torch.uint8)
+    grey = Autoencoder(SHAPE, latent_dim=2, net=MLP8)
+    for parameter in grey.parameters():
+        parameter.data.zero_()  # sigmoid(0) = 1/2 everywhere: (1/2)^2 per binary pixel
+    assert reconstruction_mse(grey, images) == 0.25
+    vq = VQVAE(SHAPE, latent_dim=4, code_dim=2, codebook_size=8, net=MLP8).eval()
+    x = images.float() / 255
+    assert reconstruction_mse(vq, images) == pytest.approx(vq.loss_terms(x, x)["mse"].item())
+
+
 # each family from the train config
 
 
