@@ -120,6 +120,8 @@ def test_two_layer_objectives():
     assert iw.sample(3, generator=torch.Generator().manual_seed(0)).shape == (3, *SHAPE)
     with pytest.raises(ConfigError, match=r"^model.objective='vae' is unknown"):
         TwoLayerVAE(SHAPE, objective="vae", net=MLP8)
+    with pytest.raises(ConfigError, match=r"^model.top_activation='swish' is not an activation"):
+        TwoLayerVAE(SHAPE, top_activation="swish", net=MLP8)
 
 
 # WAE-MMD
@@ -182,7 +184,12 @@ def test_vq_terms_straight_through_and_usage_by_hand():
 
 
 def test_vq_ema_update_and_dead_code_restart_by_hand():
+    fresh = VectorQuantizer(size=3, dim=1, ema=False, decay=0.5, dead_code_threshold=0.3)
+    batch = torch.tensor([[7.0], [8.0]])
+    fresh.update(batch, fresh.nearest(batch))  # codes start unused: the two not chosen restart
+    assert sorted(fresh.codebook.flatten().tolist())[1:] in ([7.0, 8.0], [7.0, 7.0], [8.0, 8.0])
     quantizer = VectorQuantizer(size=2, dim=1, ema=True, decay=0.5, dead_code_threshold=0.3)
+    quantizer.usage.fill_(1.0)
     quantizer.codebook.copy_(torch.tensor([[0.0], [10.0]]))
     quantizer.ema_sum.copy_(quantizer.codebook)
     z = torch.tensor([[2.0], [4.0]])

@@ -25,7 +25,7 @@ from aelab.errors import ConfigError
 from aelab.models.base import objects
 from aelab.models.iwae import VAE_ONLY, iw_bound
 from aelab.models.vae import VAE, draw_normal, gaussian_log_density
-from aelab.nets.layers import mlp
+from aelab.nets.layers import activation, mlp
 
 OBJECTIVES = ("elbo", "iw")
 
@@ -35,9 +35,10 @@ class GaussianLayer(nn.Module):
 
     def __init__(self, inputs: int, hidden: Sequence[int], outputs: int, activation: str) -> None:
         super().__init__()
-        self.hidden = mlp([inputs, *hidden], activation, last_activation=True)
-        self.mu = nn.Linear(([inputs, *hidden])[-1], outputs)
-        self.logvar = nn.Linear(([inputs, *hidden])[-1], outputs)
+        sizes = [inputs, *hidden]
+        self.hidden = mlp(sizes, activation, last_activation=True)
+        self.mu = nn.Linear(sizes[-1], outputs)
+        self.logvar = nn.Linear(sizes[-1], outputs)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.hidden(h)
@@ -85,6 +86,7 @@ class TwoLayerVAE(VAE):
             )
         if not all(h > 0 for h in top_hidden_dims):
             raise ConfigError(f"model.top_hidden_dims={list(top_hidden_dims)}: sizes must be > 0")
+        activation(top_activation, "model.top_activation")  # the error names this key
         super().__init__(
             image_shape,
             latent_dim,

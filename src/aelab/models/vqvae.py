@@ -16,8 +16,9 @@ each code (appendix A.1: counts N_i and sums m_i decayed by `ema_decay`, e_i = m
 Laplace smoothing) and the codebook term leaves the loss.
 
 A code whose moving-average use per training batch falls below `dead_code_threshold` is
-restarted at a random encoder output of the current batch (0 turns this off). Logged besides:
-`commitment`, `codebook`, `mse` (per pixel, decoded code against the target image),
+restarted at a random encoder output of the current batch (0 turns this off); every code starts
+unused, so the first training step moves each code that no vector chose onto an encoder output.
+Logged besides: `commitment`, `codebook`, `mse` (per pixel, decoded code against the target image),
 `perplexity` (exp of the entropy of the batch's code frequencies: K when all are used equally)
 and `codes_used` (the share of the K codes the batch uses). There is no prior over the codes,
 so the model does not sample: no `val/samples`, no `samples.png`.
@@ -55,7 +56,10 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_sum", codebook.clone())
         else:
             self.codebook = nn.Parameter(codebook)
-        self.register_buffer("usage", torch.ones(size))  # moving-average uses per batch
+        # Moving-average uses per batch, from 0: the first training step restarts each code no
+        # vector chose at an encoder output (a data-dependent start; codes drawn near 0 would
+        # mostly go unused).
+        self.register_buffer("usage", torch.zeros(size))
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """The index of the nearest code of each vector z (..., dim)."""
