@@ -19,9 +19,10 @@ class ImageGrids(L.Callback):
     - `val/reconstructions`: the same `num_images` validation images (top row) above their
       reconstructions (bottom row), so epochs can be compared image by image; for a denoising
       model three rows: the corrupted input, its reconstruction, the clean image;
-    - `val/samples`: for models with a `sample` method, `num_samples` images decoded from prior
-      draws fixed once by `seed`. Models without a prior to sample from (autoencoders, VQ-VAE,
-      whose codes have no learned prior) get none: a grid of arbitrary codes is no sample.
+    - `val/samples`: for models with a `sample(n, generator=...)` method, `num_samples` images
+      decoded from draws of the model's own prior, fixed once by `seed`. Models without a
+      prior to sample from (autoencoders, VQ-VAE, whose codes have no learned prior) get none:
+      a grid of arbitrary codes is no sample.
 
     With `save_png`, each grid is also written to `<run>/images/<tag>_epoch_NNN.png`.
     """
