@@ -2,9 +2,12 @@
 
 Tests a checkpoint on the official test set with only the checkpoint and its run's saved
 config (and the run's data folder, unless `data_dir=...` names another): the training metrics
-under the same names (`test/loss`, ...), plus the VAE's importance-weighted likelihood
-`test/nll_iw` and the k-NN and linear-probe accuracies of the latent codes (`test/knn_acc`,
-`test/linear_acc`) beside the same two on raw pixels. Everything runs on the device the
+under the same names (`test/loss`, ...), plus the importance-weighted likelihood `test/nll_iw`
+of every family that has one, the k-NN and linear-probe accuracies of the latent codes
+(`test/knn_acc`, `test/linear_acc`) beside the same two on raw pixels, `test/recon_mse` (the
+squared error per pixel of the reconstructions, the same measure for every family) and, for
+every model that generates, the sample metrics (`test/fd_classifier`, `test/precision`,
+`test/recall`, `test/fid`; aelab.evaluation.samples). Everything runs on the device the
 Trainer chose (`accelerator=...`). Printed as a table and logged (`logger=...`, TensorBoard by
 default) in the evaluation's own run folder, with the latent pictures (scatter, interpolation,
 traversal; TensorBoard's projector too).
@@ -43,6 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
     from aelab.evaluation.pictures import log_latent_pictures
     from aelab.evaluation.probes import knn_accuracy, latent_codes, linear_probe_accuracy
+    from aelab.evaluation.reconstruction import reconstruction_mse
     from aelab.evaluation.runs import load_run
     from aelab.sweeps.table import number
     from aelab.train import instantiate_all, quiet_lightning_console
@@ -73,6 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics["test/linear_acc"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
     metrics["test/knn_acc_pixels"] = knn_accuracy(train_px, train_y, test_px, test_y, cfg.knn_k)
     metrics["test/linear_acc_pixels"] = linear_probe_accuracy(train_px, train_y, test_px, test_y)
+    metrics["test/recon_mse"] = reconstruction_mse(model, test.images)
     if isinstance(model, ImportanceWeighted) and cfg.iw_samples > 0:
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)

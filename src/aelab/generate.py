@@ -2,7 +2,8 @@
 
 Writes PNG grids into its run folder (`hydra.run.dir=...` moves it):
 
-- `samples.png`: images decoded from prior draws z ~ N(0, I) (VAEs only; needs no data);
+- `samples.png`: images decoded from draws of the model's prior (generative families only: not
+  the autoencoders or VQ-VAE; needs no data);
 - `reconstructions.png`: test images (top row) above their reconstructions (bottom row);
 - `interpolations.png`: each row decodes evenly spaced points on the line between the codes
   of two test images (the first and last columns are those images' reconstructions).
@@ -47,7 +48,8 @@ def generate(cfg: DictConfig) -> list[Path]:
             # models with a prior define sample(); checked by hasattr above
             save(model.sample(cfg.num_samples), "samples.png", nrow=int(cfg.num_samples**0.5))  # type: ignore[operator]
         else:
-            log.info("Not a generative model: no samples.png (it has no prior to sample from)")
+            name = type(model).__name__
+            log.info(f"{name} is not a generative model (no prior to sample from): no samples.png")
         n, pairs, steps = cfg.num_reconstructions, cfg.num_interpolations, cfg.interpolation_steps
         if n > 0 or pairs > 0:
             test_images = run.datamodule(cfg.get("data_dir")).test_set.images

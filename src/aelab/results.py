@@ -26,6 +26,7 @@ from aelab.train import report_user_errors
 # (metric, heading) in the tables' order; a column only when some job has the metric
 COLUMNS = [
     ("test/loss", "test loss"),
+    ("test/recon_mse", "recon MSE"),
     ("test/nll_iw", "nll_iw (nats)"),
     ("test/fd_classifier", "FD (classifier)"),
     ("test/precision", "precision"),

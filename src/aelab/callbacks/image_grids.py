@@ -1,6 +1,7 @@
 """Image grids in every logger that shows images: what the model reconstructs and, for generative
 models, samples."""
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -10,9 +11,12 @@ from torchvision.utils import make_grid, save_image
 
 from aelab.data import to_float
 from aelab.loggers.media import log_image, takes_images
+from aelab.models.base import Generative
 
 if TYPE_CHECKING:
     from aelab.models import AutoencoderModule
+
+log = logging.getLogger(__name__)
 
 
 class ImageGrids(L.Callback):
@@ -22,8 +26,10 @@ class ImageGrids(L.Callback):
     - `val/reconstructions`: the same `num_images` validation images (top row) above their
       reconstructions (bottom row), so epochs can be compared image by image; for a denoising
       model three rows: the corrupted input, its reconstruction, the clean image;
-    - `val/samples`: for models with a `sample` method, `num_samples` images decoded from prior
-      draws fixed once by `seed`.
+    - `val/samples`: for models with a `sample(n, generator=...)` method, `num_samples` images
+      decoded from draws of the model's own prior, fixed once by `seed`. Models without a
+      prior to sample from (autoencoders, VQ-VAE, whose codes have no learned prior) get none:
+      a grid of arbitrary codes is no sample.
 
     With `save_png`, each grid is also written to `<run>/images/<tag>_epoch_NNN.png`.
     """
@@ -35,6 +41,11 @@ class ImageGrids(L.Callback):
         self.num_samples = num_samples
         self.seed = seed
         self.save_png = save_png
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and not isinstance(pl_module, Generative):
+            name = type(pl_module).__name__
+            log.info(f"{name} has no prior to sample from: no val/samples grid")
 
     def _log(self, trainer: L.Trainer, tag: str, grid: torch.Tensor) -> None:
         log_image(trainer.loggers, tag, grid, trainer.global_step)
@@ -61,10 +72,9 @@ class ImageGrids(L.Callback):
             rows = [x, model.reconstruct(x)]
         grid = make_grid(torch.cat(rows).float().cpu(), nrow=len(x), pad_value=1)
         self._log(trainer, "val/reconstructions", grid)
-        if hasattr(model, "sample"):
+        if isinstance(model, Generative):
+            # each family draws from its own prior (VampPrior's mixture, the two-layer chain)
             generator = torch.Generator().manual_seed(self.seed)
-            z = torch.randn(self.num_samples, model.latent_dim, generator=generator)
-            # models with a prior define sample(); checked by hasattr above
-            samples = model.sample(z.to(model.device)).float().cpu()  # type: ignore[operator]
+            samples = model.sample(self.num_samples, generator=generator).float().cpu()
             grid = make_grid(samples, nrow=int(self.num_samples**0.5), pad_value=1)
             self._log(trainer, "val/samples", grid)

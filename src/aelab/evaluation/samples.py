@@ -16,7 +16,6 @@ pythae's GMM sampler do). Models that cannot generate get none of these metrics.
 
 import logging
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import torch
 from sklearn.mixture import GaussianMixture
@@ -25,17 +24,11 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from aelab.evaluation.probes import latent_codes
 from aelab.models import Autoencoder, AutoencoderModule
+from aelab.models.base import Generative
 
 log = logging.getLogger(__name__)
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's download
-
-
-@runtime_checkable
-class Generative(Protocol):
-    """A model with a prior: `sample(n)` decodes n draws from it."""
-
-    def sample(self, z: torch.Tensor | int) -> torch.Tensor: ...
 
 
 def can_generate(model: AutoencoderModule) -> bool:

@@ -2,6 +2,20 @@
 
 from aelab.models.autoencoder import Autoencoder
 from aelab.models.base import AutoencoderModule
+from aelab.models.iwae import IWAE
+from aelab.models.two_layer_vae import TwoLayerVAE
 from aelab.models.vae import VAE
+from aelab.models.vampprior import VampPriorVAE
+from aelab.models.vqvae import VQVAE
+from aelab.models.wae import WAE
 
-__all__ = ["VAE", "Autoencoder", "AutoencoderModule"]
+__all__ = [
+    "IWAE",
+    "VAE",
+    "VQVAE",
+    "WAE",
+    "Autoencoder",
+    "AutoencoderModule",
+    "TwoLayerVAE",
+    "VampPriorVAE",
+]

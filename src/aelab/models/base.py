@@ -2,7 +2,7 @@
 optimizer and its scheduler."""
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -19,6 +19,15 @@ VAL = "val"  # and `val/...`
 TEST = "test"
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 DEFAULT_NET = {"_target_": "aelab.nets.MLP"}
+
+
+@runtime_checkable
+class Generative(Protocol):
+    """A model with a prior: `sample(n)` decodes n draws from it (`generator` seeds them)."""
+
+    def sample(
+        self, z: torch.Tensor | int, generator: torch.Generator | None = None
+    ) -> torch.Tensor: ...
 
 
 class AutoencoderModule(L.LightningModule):

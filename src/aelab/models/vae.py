@@ -82,11 +82,19 @@ class VAE(AutoencoderModule):
         """The mean of p(x|z): pixel probabilities, or the Gaussian's mean."""
         return torch.sigmoid(self.net.decoder(z))
 
-    def sample(self, z: torch.Tensor | int) -> torch.Tensor:
-        """Decode prior draws z ~ N(0, I) (or that many fresh ones)."""
+    def sample(
+        self, z: torch.Tensor | int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Decode prior draws z ~ N(0, I) (or that many fresh ones, from `generator` if given:
+        the image grids show the same draws every epoch)."""
         if isinstance(z, int):
-            z = torch.randn(z, self.latent_dim, device=self.device)
+            z = draw_normal((z, self.latent_dim), generator).to(self.device)
         return self.decode(z)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of codes (..., D), summed over D: the standard normal here; VampPrior's is
+        a mixture."""
+        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
 
     def log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) of each image, in nats (summed over its pixels): logits (..., C, H, W)
@@ -100,19 +108,21 @@ class VAE(AutoencoderModule):
         per_pixel = 0.5 * ((x - mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
         return -per_pixel.sum(pixels)
 
-    def log_importance_weights(self, x: torch.Tensor, samples: int) -> torch.Tensor:
+    def log_importance_weights(
+        self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x), k = 1..samples,
         shape (samples, batch): the terms of the importance-weighted bound (Burda et al., 2016),
-        whose logsumexp minus log K estimates log p(x) (`aelab.evaluation.likelihood`)."""
+        whose logsumexp minus log K estimates log p(x) (`aelab.evaluation.likelihood`).
+        `target`: the images scored by p(.|z_k) when they differ from the input (denoising)."""
         mu, logvar = self.posterior(x)
         std = torch.exp(0.5 * logvar)
         eps = torch.randn(samples, *mu.shape, device=mu.device, dtype=mu.dtype)
         z = mu + std * eps  # (K, B, D)
         logits = self.net.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
-        log_2pi = math.log(2 * math.pi)
-        log_q = -0.5 * (eps.pow(2) + log_2pi + logvar).sum(-1)
-        log_p = -0.5 * (z.pow(2) + log_2pi).sum(-1)
-        return self.log_likelihood(logits, x) + log_p - log_q
+        log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(-1)
+        scored = x if target is None else target
+        return self.log_likelihood(logits, scored) + self.log_prior(z) - log_q
 
     def neg_log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) summed over pixels and the batch, in nats."""
@@ -131,3 +141,14 @@ class VAE(AutoencoderModule):
         recon = self.neg_log_likelihood(self.net.decoder(z), target) / batch
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch
         return {"loss": recon + self.kl_weight() * kl, "recon": recon, "kl": kl}
+
+
+def draw_normal(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal draws on the generator's device (the CPU without one)."""
+    device = generator.device if generator is not None else None
+    return torch.randn(*shape, generator=generator, device=device)
+
+
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag exp(logvar)), summed over the last dimension (all three broadcast)."""
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
