@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from aelab.config import CONFIG_DIR, prepare_hydra
 
@@ -53,6 +54,16 @@ def write_dataset(
     arrays = {"train_images": train_x, "train_labels": train_y}
     arrays |= {"test_images": test_x, "test_labels": test_y}
     return {k: write_idx(raw_dir / FILES[k], a, gz) for k, a in arrays.items()}
+
+
+def write_images(folder, n, size=(16, 16), colour=True, seed=0, ext="png"):
+    """`n` random images (RGB or grey, PNG, JPEG, ...) in `folder`, for data=folder."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = (*size, 3) if colour else size
+    for i in range(n):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:03d}.{ext}")
 
 
 @pytest.fixture(scope="session")

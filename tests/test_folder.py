@@ -2,31 +2,19 @@
 
 import logging
 import math
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_python, short_run
+from conftest import REPO, run_python, short_run, write_images
 from PIL import Image
 
-from aelab.data import ImageDataModule
-from aelab.data import cache
+from aelab.data import ImageDataModule, cache
 from aelab.data.folder import FolderSource
 from aelab.errors import DataError
 
 FIT = ("logger=none", "trainer.max_epochs=1", "++trainer.limit_train_batches=2")
 FIT += ("++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1", "data.val_size=0.2")
-
-
-def write_images(folder, n, size=(16, 16), colour=True, seed=0, ext="png"):
-    """`n` images in `folder`, each a flat colour (class-free) plus noise."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    shape = (*size, 3) if colour else size
-    for i in range(n):
-        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i:03d}.{ext}")
 
 
 def folder_module(path, tmp_path, **kwargs):

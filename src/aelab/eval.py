@@ -17,6 +17,7 @@ training failed, or that left no checkpoint, are rows marked failed.
 """
 
 import gc
+import logging
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aelab.config import CONFIG_MODULE, run_app
 from aelab.train import report_user_errors
+
+log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -39,6 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.evaluation.pictures import log_latent_pictures
     from aelab.evaluation.probes import knn_accuracy, latent_codes, linear_probe_accuracy
     from aelab.evaluation.runs import load_run
+    from aelab.models.vae import DISCRETE, bits_per_dim
     from aelab.sweeps.table import number
     from aelab.train import instantiate_all, quiet_lightning_console
 
@@ -55,19 +59,27 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model.to(trainer.strategy.root_device)
     metrics: dict[str, float] = {}
     train, test = datamodule.train_set, datamodule.test_set
-    train_y, test_y = train.labels.cpu(), test.labels.cpu()
-    train_z, test_z = latent_codes(model, train.images), latent_codes(model, test.images)
-    train_px, test_px = train.images.flatten(1).float().cpu(), test.images.flatten(1).float().cpu()
-    metrics["test/knn_acc"] = knn_accuracy(train_z, train_y, test_z, test_y, cfg.knn_k)
-    metrics["test/linear_acc"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
-    metrics["test/knn_acc_pixels"] = knn_accuracy(train_px, train_y, test_px, test_y, cfg.knn_k)
-    metrics["test/linear_acc_pixels"] = linear_probe_accuracy(train_px, train_y, test_px, test_y)
+    if datamodule.classes is None:
+        log.info("The data has no labels: no test/knn_acc, test/linear_acc (nor on pixels)")
+    else:
+        train_y, test_y = train.labels.cpu(), test.labels.cpu()
+        train_z, test_z = latent_codes(model, train.images), latent_codes(model, test.images)
+        train_px = train.images.flatten(1).float().cpu()
+        test_px = test.images.flatten(1).float().cpu()
+        metrics["test/knn_acc"] = knn_accuracy(train_z, train_y, test_z, test_y, cfg.knn_k)
+        metrics["test/linear_acc"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
+        metrics["test/knn_acc_pixels"] = knn_accuracy(train_px, train_y, test_px, test_y, cfg.knn_k)
+        metrics["test/linear_acc_pixels"] = linear_probe_accuracy(
+            train_px, train_y, test_px, test_y
+        )
     if isinstance(model, ImportanceWeighted) and cfg.iw_samples > 0:
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
             metrics["test/nll_iw"] = importance_weighted_nll(
                 model, test.images, cfg.iw_samples, progress=True
             )
+        if getattr(model, "likelihood", None) in DISCRETE:  # bits/dim from the same estimate
+            metrics["test/bpd_iw"] = bits_per_dim(metrics["test/nll_iw"], model.dims)
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
             log_latent_pictures(lg.experiment, model, datamodule, step=0)

@@ -94,9 +94,7 @@ def list_folder(root: Path) -> Listing:
         train, classes = _one_set(train_dir, None)
         test, _ = _one_set(test_dir, classes or None)
         if bool(classes) != (not test or test[0][1] >= 0):
-            raise DataError(
-                f"{root}: train/ and test/ must both have class folders, or neither"
-            )
+            raise DataError(f"{root}: train/ and test/ must both have class folders, or neither")
     else:
         files, classes = _one_set(root, None)
         generator = torch.Generator().manual_seed(TEST_SEED)
@@ -218,9 +216,7 @@ class FolderSource:
             ) from None
         bad.add(path)
 
-    def _inspect(
-        self, files: list[tuple[Path, int]]
-    ) -> tuple[tuple[int, int], int, set[Path]]:
+    def _inspect(self, files: list[tuple[Path, int]]) -> tuple[tuple[int, int], int, set[Path]]:
         """(height, width) and channels of the cache, from every file's header."""
         from PIL import Image
 

@@ -1,0 +1,73 @@
+"""Colour networks and bits per dimension: net=resnet, model.likelihood=logistic."""
+
+import math
+
+import pytest
+import torch
+from conftest import short_run, write_images
+
+from aelab.models import VAE
+from aelab.models.vae import bits_per_dim, discretized_logistic_log_prob
+
+FIT = ("logger=none", "trainer.max_epochs=1", "++trainer.limit_train_batches=2")
+FIT += ("++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1")
+
+
+def sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def test_the_discretized_logistic_by_hand():
+    mean, scale = 0.4, 0.1
+    x = torch.tensor([0.0, 100 / 255, 1.0])
+    log_p = discretized_logistic_log_prob(x, torch.tensor(mean), torch.tensor(math.log(scale)))
+    half = 0.5 / 255
+    by_hand = [
+        sigmoid((half - mean) / scale),  # 0: everything below the first bin's upper edge
+        sigmoid((100 / 255 + half - mean) / scale) - sigmoid((100 / 255 - half - mean) / scale),
+        1 - sigmoid((1 - half - mean) / scale),  # 255: everything above the last bin's edge
+    ]
+    assert log_p.exp().tolist() == pytest.approx(by_hand, rel=1e-5)
+    every_value = torch.arange(256) / 255
+    total = discretized_logistic_log_prob(every_value, torch.tensor(mean), torch.tensor(-3.0))
+    assert total.exp().sum().item() == pytest.approx(1, abs=1e-5), "a distribution over 0..255"
+
+
+def test_bits_per_dim_are_minus_the_elbo_in_bits_per_pixel_and_channel():
+    torch.manual_seed(0)
+    model = VAE([3, 2, 2], latent_dim=2, net={"_target_": "aelab.nets.MLP", "hidden_dims": [4]},
+                likelihood="logistic", beta=4.0)  # fmt: skip
+    x = torch.randint(0, 256, (5, 3, 2, 2)) / 255
+    terms = model.loss_terms(x, x)
+    assert terms["bpd"].item() == pytest.approx(
+        (terms["recon"] + terms["kl"]).item() / (12 * math.log(2)), rel=1e-6
+    ), "of -ELBO: beta does not enter"
+    assert bits_per_dim(12 * math.log(2) * 8, 12) == pytest.approx(8)
+    assert "bpd" not in VAE([1, 2, 2], 2).loss_terms(x[:, :1], x[:, :1]), "Bernoulli: no bpd"
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_the_residual_net_trains_on_colour_images_and_reports_bpd(
+    size, compose_cfg, data_dir, tmp_path
+):
+    write_images(tmp_path / "images", 12, size=(size, size))
+    model, datamodule, trainer = short_run(
+        compose_cfg, data_dir, tmp_path, "data=folder", f"data.path={tmp_path / 'images'}",
+        "data.val_size=2", "data.batch_size=4", "net=resnet", "model.net.channels=4",
+        "model.net.max_channels=8", "model.likelihood=logistic", *FIT,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule)
+    assert model.net.decoder(torch.zeros(1, model.latent_dim)).shape == (1, 3, size, size)
+    assert 0 < trainer.callback_metrics["test/bpd"] < 16
+
+
+def test_grey_8_bit_images_report_bpd(compose_cfg, data_dir, tmp_path):
+    model, datamodule, trainer = short_run(
+        compose_cfg, data_dir, tmp_path, "model.likelihood=logistic", *FIT
+    )
+    trainer.fit(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule)
+    metrics = trainer.callback_metrics
+    expected = (metrics["test/recon"] + metrics["test/kl"]) / (784 * math.log(2))
+    assert metrics["test/bpd"].item() == pytest.approx(expected.item(), rel=1e-5)
