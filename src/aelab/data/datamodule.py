@@ -23,6 +23,7 @@ from aelab.data.binarize import (
 from aelab.data.cache import CachedArrays
 from aelab.data.folder import FolderSource
 from aelab.data.idx import incomplete_reason, read_idx, read_idx_shape
+from aelab.data.torchvision import TorchvisionSource
 from aelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,15 @@ DATASETS = {
     ),
     "idx": DatasetInfo(None),  # any folder of the four IDX files: data=idx data.path=DIR
     "folder": DatasetInfo(None),  # any folder of images: data=folder data.path=DIR
+    "torchvision": DatasetInfo(None),  # data=torchvision data.name=CIFAR10, data=cifar10
 }
 # Keys only some datasets read: set for another, they are an error.
-ONLY_FOR = {"image_size": ("folder",), "channels": ("folder",), "skip_bad": ("folder",)}
+ONLY_FOR = {
+    "image_size": ("folder", "torchvision"),
+    "channels": ("folder", "torchvision"),
+    "skip_bad": ("folder",),
+    "name": ("torchvision",),
+}
 # Other names a folder of your own may use for the test files.
 ALIASES = {"test_images": "test-images-idx3-ubyte", "test_labels": "test-labels-idx1-ubyte"}
 
@@ -137,6 +144,7 @@ class ImageDataModule(L.LightningDataModule):
         channels: int | None = None,
         skip_bad: bool = False,
         cache_dir: str = "cache",
+        name: str | None = None,
     ) -> None:
         super().__init__()
         if binarize not in BINARIZATIONS:
@@ -148,20 +156,32 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"data.dataset={dataset!r} is unknown; allowed: {sorted(DATASETS)}")
         self.info = DATASETS[dataset]
         given = {"image_size": image_size, "channels": channels, "skip_bad": skip_bad}
+        given["name"] = name
         for key, value in given.items():
             if value not in (None, False) and dataset not in ONLY_FOR[key]:
                 raise ConfigError(
                     f"data.{key}={value!r} is read by data={'/'.join(ONLY_FOR[key])} only, "
                     f"not data.dataset={dataset}; remove it"
                 )
-        if self.info.folder is None and not path:
+        if dataset == "torchvision" and not name:
+            raise ConfigError("data=torchvision needs data.name=NAME, e.g. CIFAR10, SVHN, CelebA")
+        if dataset in ("idx", "folder") and not path:
             what = "a folder of images" if dataset == "folder" else "a folder of the four IDX files"
             raise ConfigError(f"data={dataset} needs data.path=DIR, {what}")
         self.path = Path(path).expanduser() if path else None
-        self.source: FolderSource | None = None
+        self.source: FolderSource | TorchvisionSource | None = None
         if dataset == "folder":
             self.source = FolderSource(
                 self.path, Path(cache_dir).expanduser(), image_size, channels, skip_bad, split_seed
+            )
+        elif dataset == "torchvision":
+            self.source = TorchvisionSource(
+                name,
+                Path(data_dir).expanduser(),
+                Path(cache_dir).expanduser(),
+                image_size,
+                channels,
+                split_seed,
             )
         self._cached: CachedArrays | None = None
         self.dataset = dataset
@@ -330,7 +350,8 @@ class ImageDataModule(L.LightningDataModule):
             self._cached = self.source.load()
             if self._cached is None:
                 raise DataError(
-                    f"{self.path}: no up-to-date cache of its images; prepare_data() makes it"
+                    f"{self.source.stem}: no up-to-date cache of the images; prepare_data() "
+                    "makes it"
                 )
         return self._cached
 

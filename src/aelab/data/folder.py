@@ -117,6 +117,18 @@ def list_folder(root: Path) -> Listing:
     return Listing(train, test, classes or None, split)
 
 
+def image_array(image, size: tuple[int, int], channels: int) -> np.ndarray:
+    """A PIL image as uint8 (channels, *size): converted, resized (its shorter side to the
+    target's) and centre-cropped, as torchvision's Resize and CenterCrop do."""
+    from torchvision.transforms.functional import center_crop, resize
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    if (image.height, image.width) != size:
+        image = center_crop(resize(image, min(size), antialias=True), list(size))
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
 class FolderSource:
     """A folder of images as the datamodule's uint8 tensors (see the module's docstring)."""
 
@@ -267,9 +279,7 @@ class FolderSource:
     ) -> tuple[list[int], int]:
         """Decode `train` then `test` into `writer`; the labels written and how many trained."""
         from PIL import Image
-        from torchvision.transforms.functional import center_crop, resize
 
-        mode = "L" if channels == 1 else "RGB"
         labels: list[int] = []
         n_train = 0
         for part in (train, test):
@@ -279,14 +289,10 @@ class FolderSource:
                     continue
                 try:
                     with Image.open(path) as opened:
-                        image = opened.convert(mode)
+                        chunk.append(image_array(opened, size, channels))
                 except Exception as err:
                     self._bad(path, err, bad)
                     continue
-                if (image.height, image.width) != size:
-                    image = center_crop(resize(image, min(size), antialias=True), list(size))
-                array = np.asarray(image, dtype=np.uint8)
-                chunk.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
                 labels.append(label)
                 if len(chunk) == DECODE_CHUNK:
                     writer.add(np.stack(chunk))
