@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import short_run, write_images
 
+from aelab.errors import ConfigError
 from aelab.models import VAE
 from aelab.models.vae import bits_per_dim, discretized_logistic_log_prob
 
@@ -71,3 +72,37 @@ def test_grey_8_bit_images_report_bpd(compose_cfg, data_dir, tmp_path):
     metrics = trainer.callback_metrics
     expected = (metrics["test/recon"] + metrics["test/kl"]) / (784 * math.log(2))
     assert metrics["test/bpd"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_augmentation_flips_and_shifts_training_images_only(data_dir):
+    from conftest import VAL_SIZE
+
+    from aelab.data import ImageDataModule, to_float
+    from aelab.data.batches import BatchIndices
+
+    def module(augment):
+        dm = ImageDataModule("mnist", str(data_dir), val_size=VAL_SIZE, batch_size=64,
+                             system_dirs=[], augment=augment)  # fmt: skip
+        dm.setup()
+        return dm
+
+    dm, plain = module(["flip", "crop"]), module(None)
+    (x, _), (p, _) = next(iter(dm.train_dataloader())), next(iter(plain.train_dataloader()))
+    index = next(iter(BatchIndices(len(dm.train_set), 64, shuffle=True, seed=dm.seed)))
+    assert torch.equal(p, to_float(dm.train_set.images[index])), "off by default"
+    shifted = 0
+    for image, original in zip(x, p, strict=True):
+        candidates = [original, original.flip(-1)]
+        # some (dy, dx) in [-4, 4]^2 carries the (maybe mirrored) original onto the image
+        match = any(
+            torch.equal(image[:, 4:-4, 4:-4], torch.roll(c, (dy, dx), (1, 2))[:, 4:-4, 4:-4])
+            for c in candidates
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+        )
+        assert match
+        shifted += not torch.equal(image, original)
+    assert shifted > 48, "nearly every image is flipped or moved"
+    assert torch.equal(next(iter(dm.val_dataloader()))[0], next(iter(plain.val_dataloader()))[0])
+    with pytest.raises(ConfigError, match=r"data.augment=\['rotate'\] is not allowed"):
+        module(["rotate"])

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from aelab.config import writable_dir_error
+from aelab.data.augment import Augment, check_augment
 from aelab.data.batches import Batches, BatchIndices, TensorImages
 from aelab.data.binarize import (
     BINARIZATIONS,
@@ -145,6 +146,7 @@ class ImageDataModule(L.LightningDataModule):
         skip_bad: bool = False,
         cache_dir: str = "cache",
         name: str | None = None,
+        augment: list[str] | None = None,
     ) -> None:
         super().__init__()
         if binarize not in BINARIZATIONS:
@@ -152,6 +154,7 @@ class ImageDataModule(L.LightningDataModule):
                 f"data.binarize={binarize!r} is not allowed; it must be dynamic, static or null"
             )
         self.binarize = binarize
+        self.augment = check_augment(augment)
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset={dataset!r} is unknown; allowed: {sorted(DATASETS)}")
         self.info = DATASETS[dataset]
@@ -452,6 +455,8 @@ class ImageDataModule(L.LightningDataModule):
         transform = to_float if self._on_model_device(device) else None
         if fresh:  # data.binarize=dynamic: new binary pixels each time, drawn where the data is
             transform = DynamicBinarization(self.seed, sampler.epoch, then=transform)
+        if train and self.augment:  # on whole chunks, where the data is
+            transform = Augment(self.augment, self.seed, sampler.epoch, then=transform)
         return Batches(
             loader, transform=transform, trained=self._trained_batches if train else lambda: 0
         )
