@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import short_run, write_images
+from PIL import Image
 
 from aelab.errors import ConfigError
 from aelab.models import VAE
@@ -106,3 +108,38 @@ def test_augmentation_flips_and_shifts_training_images_only(data_dir):
     assert torch.equal(next(iter(dm.val_dataloader()))[0], next(iter(plain.val_dataloader()))[0])
     with pytest.raises(ConfigError, match=r"data.augment=\['rotate'\] is not allowed"):
         module(["rotate"])
+
+
+def test_pictures_are_in_colour_and_legends_name_the_classes(tmp_path):
+    from types import SimpleNamespace
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from aelab.callbacks.image_grids import ImageGrids
+    from aelab.data import ImageDataModule
+    from aelab.evaluation.pictures import log_latent_pictures, scatter_figure
+
+    for name in ("red", "blue"):
+        write_images(tmp_path / "images" / name, 80, seed=len(name))
+    dm = ImageDataModule("folder", str(tmp_path), path=str(tmp_path / "images"), val_size=4)
+    dm.prepare_data()
+    dm.setup()
+    model = VAE([3, 16, 16], latent_dim=3, net={"_target_": "aelab.nets.MLP", "hidden_dims": [8]})
+    log_latent_pictures(SummaryWriter(tmp_path / "tb"), model, dm, step=0, traversal_dims=2)
+    metadata = next((tmp_path / "tb").rglob("metadata.tsv")).read_text().split()
+    assert set(metadata) == {"blue", "red"}
+    sprite = np.asarray(Image.open(next((tmp_path / "tb").rglob("sprite.png"))).convert("RGB"))
+    assert (sprite[..., 0] != sprite[..., 1]).any(), "the projector's sprites are in colour"
+    labels = dm.test_set.labels
+    figure = scatter_figure(torch.randn(len(labels), 2), labels, dm.classes)
+    legend = figure.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["blue", "red"]
+
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=[],
+                              default_root_dir=str(tmp_path), datamodule=dm, global_step=0,
+                              current_epoch=0)  # fmt: skip
+    ImageGrids(num_images=4, num_samples=4, save_png=True).on_validation_epoch_end(trainer, model)
+    grid = np.asarray(Image.open(tmp_path / "images" / "val_reconstructions_epoch_000.png"))
+    assert grid.ndim == 3 and (grid[..., 0] != grid[..., 2]).any(), "colour reconstructions"
+    fashion = ImageDataModule("fashion", str(tmp_path)).classes
+    assert fashion[:2] == ["T-shirt/top", "Trouser"] and len(fashion) == 10

@@ -35,9 +35,12 @@ class TensorImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # index_select, not images[index]: advanced indexing of a uint8 image tensor is several
-        # times slower on a CPU (docs/benchmarks.md).
-        images = self.images.index_select(0, index)
+        # On a CPU, NumPy's take (a copy per row) rather than torch's index_select or images[index]
+        # (element by element; docs/benchmarks.md); on a GPU, index_select.
+        if self.images.device.type == "cpu":
+            images = torch.from_numpy(self.images.numpy().take(index.numpy(), axis=0))
+        else:
+            images = self.images.index_select(0, index)
         if self.after_gather is not None:
             self.after_gather()
         return images, self.labels.index_select(0, index)

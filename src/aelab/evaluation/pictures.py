@@ -7,6 +7,8 @@ from aelab.data import ImageDataModule, to_float
 from aelab.evaluation.probes import latent_codes
 from aelab.models import AutoencoderModule
 
+CMAP = "tab10"  # label colours (cycling past ten classes)
+
 
 def interpolate(
     model: AutoencoderModule, a: torch.Tensor, b: torch.Tensor, steps: int
@@ -30,15 +32,16 @@ def traversal(model: AutoencoderModule, dims: int, steps: int, span: float = 3.0
     return model.decode(z.flatten(0, 1))
 
 
-def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
-    """Codes coloured by label: 2-d and 3-d codes as they are (3-d in 3-d), 1-d codes against
+def scatter_figure(codes: torch.Tensor, labels: torch.Tensor, classes: list[str] | None = None):
+    """Codes coloured by label, with a legend of the class names (`classes`; None: the data has
+    no labels, one colour): 2-d and 3-d codes as they are (3-d in 3-d), 1-d codes against
     their label, others projected on their first two principal components."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 5), dpi=100)
     if codes.shape[1] == 3:
         axes = figure.add_subplot(projection="3d")
-        points = axes.scatter(*codes.T, c=labels, cmap="tab10", s=4)
+        points = axes.scatter(*codes.T, c=labels, cmap=CMAP, s=4)
         title = "3-d codes"
     else:
         if codes.shape[1] == 1:
@@ -52,9 +55,13 @@ def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
                 "codes, PCA",
             )
         axes = figure.add_subplot()
-        points = axes.scatter(*xy.T, c=labels, cmap="tab10", s=4)
+        points = axes.scatter(*xy.T, c=labels, cmap=CMAP, s=4)
     axes.set_title(title)
-    figure.colorbar(points, ax=axes, label="label")
+    if classes is not None:
+        present = sorted(set(labels.tolist()))
+        handles = points.legend_elements(num=present)[0] if len(present) > 1 else []
+        names = [classes[label] for label in present][: len(handles)]
+        axes.legend(handles, names, fontsize="small", markerscale=0.8, loc="best")
     return figure
 
 
@@ -72,15 +79,16 @@ def log_latent_pictures(
     model.eval()
     images = datamodule.test_set.images[:num_points]
     labels = datamodule.test_set.labels[:num_points].cpu()
+    classes = getattr(datamodule, "classes", None)
     codes = latent_codes(model, images)
     writer.add_embedding(
         codes,
-        metadata=labels.tolist(),
+        metadata=[classes[label] for label in labels.tolist()] if classes else None,
         label_img=to_float(images.cpu()),
         global_step=step,
         tag="latent/test_codes",
     )
-    writer.add_figure("latent/scatter", scatter_figure(codes, labels), step)
+    writer.add_figure("latent/scatter", scatter_figure(codes, labels, classes), step)
     x = to_float(images[:16].to(model.device))
     grid = make_grid(
         interpolate(model, x[:8], x[8:16], steps).float().cpu(), nrow=steps, pad_value=1
