@@ -168,6 +168,11 @@ class ImageDataModule(L.LightningDataModule):
                 )
         if dataset == "torchvision" and not name:
             raise ConfigError("data=torchvision needs data.name=NAME, e.g. CIFAR10, SVHN, CelebA")
+        if dataset == "torchvision" and path:
+            raise ConfigError(
+                f"data.path={path!r} is not read by data=torchvision (torchvision's files are "
+                "under paths.data_dir); remove it"
+            )
         if dataset in ("idx", "folder") and not path:
             what = "a folder of images" if dataset == "folder" else "a folder of the four IDX files"
             raise ConfigError(f"data={dataset} needs data.path=DIR, {what}")
