@@ -164,8 +164,8 @@ def test_help_lists_groups_and_options():
     assert result.returncode == 0
     for line in [
         "model: ae, beta_vae, conv_ae, conv_vae, deep_ae, vae",
-        "net: conv, mlp",
-        "data: fashion, idx, mnist",
+        "net: conv, mlp, resnet",
+        "data: celeba, cifar10, fashion, folder, idx, mnist, svhn, torchvision",
         "logger: csv, none, tensorboard",
         "scheduler: cosine, iwae, step",
         "trainer: cpu, ddp, ddp_cpu, default, gpu",
