@@ -34,6 +34,12 @@ same decoder: a few images at a time, all their K samples decoded in one tensor 
 seed draws the same samples in both, so their estimates must agree; the weights are as
 initialised (the cost does not depend on them).
 
+With `--folder-row DIR` it measures only the data=folder row instead: MNIST's 70k images written
+as PNGs into DIR (train/ and test/, a folder per digit; once), then (a) on data=mnist (the IDX
+files) and on data=folder data.path=DIR (its cache built before the first round, and timed), each
+variant in a process of its own, taking turns for `--rounds` rounds: samples/s and peak resident
+memory of each.
+
 It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
 which compose the config without importing torch or Lightning.
 
@@ -280,6 +286,77 @@ def startup_seconds(args: list[str], runs: int) -> float:
     return min(times)
 
 
+def write_mnist_pngs(data_dir: str, folder: Path) -> float:
+    """MNIST's training and test images as PNGs in ImageFolder's layout; seconds taken."""
+    from PIL import Image
+
+    start = time.perf_counter()
+    raw = Path(data_dir) / "MNIST" / "raw"
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(raw / f"{prefix}-images-idx3-ubyte").numpy()
+        labels = read_idx(raw / f"{prefix}-labels-idx1-ubyte").tolist()
+        for digit in range(10):
+            (folder / split / str(digit)).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            Image.fromarray(image).save(folder / split / str(label) / f"{i:05d}.png")
+    return time.perf_counter() - start
+
+
+def folder_variant(args: argparse.Namespace) -> None:
+    """In a process of its own: (a)'s timed epochs on one variant, and the peak RSS, as JSON."""
+    import resource
+
+    data = ["data=folder", f"data.path={args.folder_row}", "data.val_size=5000"]
+    args.overrides = [*(data if args.folder_variant == "folder" else []), *args.overrides]
+    throughputs = lightning_loop(args.models[0], args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"samples_per_s": throughputs, "peak_rss_bytes": peak}))
+
+
+def folder_row(args: argparse.Namespace) -> None:
+    """data=mnist (IDX) against data=folder on the same 70k images, as PNGs (`--folder-row`)."""
+    folder = Path(args.folder_row)
+    written = None if (folder / "test").is_dir() else write_mnist_pngs(args.data_dir, folder)
+    from aelab.data import ImageDataModule
+
+    start = time.perf_counter()
+    ImageDataModule("folder", args.data_dir, path=str(folder), val_size=5000).prepare_data()
+    cache_seconds = time.perf_counter() - start
+    command = [sys.executable, __file__, "--data-dir", args.data_dir, "--folder-row", str(folder)]
+    command += ["--models", args.models[0], "--warmup", str(args.warmup)]
+    command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+    results: dict[str, dict] = {"idx": {"epochs": []}, "folder": {"epochs": []}}
+    for turn in range(args.rounds):
+        for variant in ("idx", "folder")[:: 1 if turn % 2 == 0 else -1]:
+            run = subprocess.run(
+                [*command, "--folder-variant", variant, *args.overrides],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            measured = json.loads(run.stdout.strip().splitlines()[-1])
+            results[variant]["epochs"] += measured["samples_per_s"]
+            results[variant]["peak_rss_bytes"] = max(
+                measured["peak_rss_bytes"], results[variant].get("peak_rss_bytes", 0)
+            )
+    for result in results.values():
+        result["best_samples_per_s"] = max(result["epochs"])
+    ratio = results["folder"]["best_samples_per_s"] / results["idx"]["best_samples_per_s"]
+    console = Console()
+    for variant, result in results.items():
+        console.print(
+            f"{args.models[0]} data={'mnist' if variant == 'idx' else 'folder'}: best "
+            f"{result['best_samples_per_s']:,.0f} samples/s, peak RSS "
+            f"{result['peak_rss_bytes'] / 2**20:,.0f} MiB"
+        )
+    pngs = f"PNGs written in {written:.0f} s; " if written else ""
+    console.print(f"folder/idx: {ratio:.3f}; {pngs}cache built in {cache_seconds:.1f} s")
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    report = {"machine": machine, "torch": torch.__version__, "results": results}
+    report |= {"folder_vs_idx": ratio, "png_seconds": written, "cache_seconds": cache_seconds}
+    Path(args.json).write_text(json.dumps(report, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -300,6 +377,8 @@ def main() -> None:
     parser.add_argument("--nll-iw-images", type=int, default=500, help="0 skips the nll_iw row")
     parser.add_argument("--nll-iw-samples", type=int, default=5000)
     parser.add_argument("--json", default="benchmark.json")
+    parser.add_argument("--folder-row", help="only the data=folder row, with its PNGs in this DIR")
+    parser.add_argument("--folder-variant", choices=["idx", "folder"], help=argparse.SUPPRESS)
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for every loop's model and (a)'s run"
     )
@@ -308,6 +387,9 @@ def main() -> None:
         parser.error("--devices cuda: torch sees no CUDA device on this machine")
     prepare_hydra()
     skip_nvml_probe_without_cuda()  # as train.py does, for every loop from the first
+    if args.folder_row:
+        args.device = args.devices[0]
+        return folder_variant(args) if args.folder_variant else folder_row(args)
 
     results = [
         measure(model, argparse.Namespace(**vars(args), device=device))

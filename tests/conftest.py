@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from aelab.config import CONFIG_DIR, prepare_hydra
 
@@ -64,6 +65,16 @@ def cache_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["AELAB_CACHE_DIR"] = str(path)
     return path
+
+
+def write_images(folder, n, size=(16, 16), colour=True, seed=0, ext="png"):
+    """`n` random images (RGB or grey, PNG, JPEG, ...) in `folder`, for data=folder."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = (*size, 3) if colour else size
+    for i in range(n):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:03d}.{ext}")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ training failed, or that left no checkpoint, are rows marked failed.
 import gc
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import cast
@@ -48,6 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.evaluation.probes import knn_accuracy, latent_codes, linear_probe_accuracy
     from aelab.evaluation.reconstruction import reconstruction_mse
     from aelab.evaluation.runs import load_run
+    from aelab.models.vae import DISCRETE, bits_per_dim
     from aelab.sweeps.table import number
     from aelab.train import instantiate_all, quiet_lightning_console
 
@@ -70,13 +72,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model.to(trainer.strategy.root_device)
     metrics: dict[str, float] = {}
     train, test = datamodule.train_set, datamodule.test_set
-    train_y, test_y = train.labels.cpu(), test.labels.cpu()
-    train_z, test_z = latent_codes(model, train.images), latent_codes(model, test.images)
-    train_px, test_px = train.images.flatten(1).float().cpu(), test.images.flatten(1).float().cpu()
-    metrics["test/knn_acc"] = knn_accuracy(train_z, train_y, test_z, test_y, cfg.knn_k)
-    metrics["test/linear_acc"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
-    metrics["test/knn_acc_pixels"] = knn_accuracy(train_px, train_y, test_px, test_y, cfg.knn_k)
-    metrics["test/linear_acc_pixels"] = linear_probe_accuracy(train_px, train_y, test_px, test_y)
+    if datamodule.classes is None:
+        log.info("The data has no labels: no test/knn_acc, test/linear_acc (nor on pixels)")
+    else:
+        train_y, test_y = train.labels.cpu(), test.labels.cpu()
+        train_z, test_z = latent_codes(model, train.images), latent_codes(model, test.images)
+        train_px = train.images.flatten(1).float().cpu()
+        test_px = test.images.flatten(1).float().cpu()
+        metrics["test/knn_acc"] = knn_accuracy(train_z, train_y, test_z, test_y, cfg.knn_k)
+        metrics["test/linear_acc"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
+        metrics["test/knn_acc_pixels"] = knn_accuracy(train_px, train_y, test_px, test_y, cfg.knn_k)
+        metrics["test/linear_acc_pixels"] = linear_probe_accuracy(
+            train_px, train_y, test_px, test_y
+        )
     metrics["test/recon_mse"] = reconstruction_mse(model, test.images)
     if isinstance(model, ImportanceWeighted) and cfg.iw_samples > 0:
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
@@ -84,6 +92,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             metrics["test/nll_iw"] = importance_weighted_nll(
                 model, test.images, cfg.iw_samples, progress=True
             )
+        if getattr(model, "likelihood", None) in DISCRETE:  # bits/dim from the same estimate
+            dims = math.prod(test.images.shape[1:])
+            metrics["test/bpd_iw"] = bits_per_dim(metrics["test/nll_iw"], dims)
     metrics |= sample_metrics(cfg, model, datamodule, run.config.data.dataset)
     log_latent_pictures(loggers, model, datamodule, step=0)
     trainer.test(model, datamodule=datamodule)
@@ -115,6 +126,9 @@ def sample_metrics(cfg: DictConfig, model, datamodule, dataset: str) -> dict[str
 
     opts = cfg.sample_metrics
     if opts.count <= 0 or not can_generate(model):
+        return {}
+    if datamodule.classes is None:
+        log.info("The data has no labels: no feature classifier, so no sample metrics")
         return {}
     train, test = datamodule.train_set, datamodule.test_set
     recipe = Recipe(epochs=opts.classifier_epochs)

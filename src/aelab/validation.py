@@ -23,7 +23,15 @@ PROFILERS = ("simple", "advanced", "pytorch", "xla")  # the names Lightning's Tr
 PROVIDED = {"model": {"image_shape"}, "model.net": {"image_shape", "latent_dim"}, "data": {"seed"}}
 # Keys of the data config that may differ when a run is resumed: where the files are and how
 # they are loaded, not which images are trained on.
-DATA_LOADING = {"data_dir", "num_workers", "pin_memory", "on_device", "system_dirs", "chunk_size"}
+DATA_LOADING = {
+    "data_dir",
+    "num_workers",
+    "pin_memory",
+    "on_device",
+    "system_dirs",
+    "chunk_size",
+    "cache_dir",
+}
 
 
 def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:

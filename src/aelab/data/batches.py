@@ -14,21 +14,36 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class TensorImages(Dataset):
-    """Images (N, C, H, W) and labels (N,) indexed by a whole tensor of indices at once."""
+    """Images (N, C, H, W) and labels (N,) indexed by a whole tensor of indices at once.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    `after_gather` runs after each gather: a memory-mapped cache gives its pages back there
+    (`aelab.data.cache`), so the gathered copy is all that stays resident."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        after_gather: Callable[[], None] | None = None,
+    ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels
+        self.after_gather = after_gather
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # index_select, not images[index]: advanced indexing of a uint8 image tensor is several
-        # times slower on a CPU (docs/benchmarks.md).
-        return self.images.index_select(0, index), self.labels.index_select(0, index)
+        # On a CPU, NumPy's take (a copy per row) rather than torch's index_select or images[index]
+        # (element by element; docs/benchmarks.md); on a GPU, index_select.
+        if self.images.device.type == "cpu":
+            images = torch.from_numpy(self.images.numpy().take(index.numpy(), axis=0))
+        else:
+            images = self.images.index_select(0, index)
+        if self.after_gather is not None:
+            self.after_gather()
+        return images, self.labels.index_select(0, index)
 
 
 class BatchIndices(Sampler[torch.Tensor]):

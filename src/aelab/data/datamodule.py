@@ -1,15 +1,19 @@
-"""MNIST and Fashion-MNIST as in-memory uint8 tensors, with a fixed train/val split."""
+"""One datamodule for every source of images (MNIST and Fashion-MNIST, any folder of IDX files,
+any folder of images, torchvision's datasets): uint8 tensors (N, C, H, W) with a fixed
+train/val split."""
 
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from aelab.config import writable_dir_error
+from aelab.data.augment import Augment, check_augment
 from aelab.data.batches import Batches, BatchIndices, TensorImages
 from aelab.data.binarize import (
     BINARIZATIONS,
@@ -18,11 +22,26 @@ from aelab.data.binarize import (
     DynamicBinarization,
     binarized_once,
 )
+from aelab.data.cache import CachedArrays
+from aelab.data.folder import FolderSource
 from aelab.data.idx import incomplete_reason, read_idx, read_idx_shape
+from aelab.data.torchvision import TorchvisionSource
 from aelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 SPLITS = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -35,12 +54,26 @@ SPLITS = {
 class DatasetInfo:
     folder: str | None  # torchvision's folder under data_dir and dataset class; None: data.path
     system_dirs: tuple[str, ...] = ()  # read-only copies installed by the OS
+    classes: tuple[str, ...] | None = None  # the labels' names; None: the digits
 
 
 DATASETS = {
     "mnist": DatasetInfo("MNIST"),
-    "fashion": DatasetInfo("FashionMNIST", system_dirs=("/usr/share/datasets/fashion-mnist",)),
+    "fashion": DatasetInfo(
+        "FashionMNIST",
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+        classes=FASHION_CLASSES,
+    ),
     "idx": DatasetInfo(None),  # any folder of the four IDX files: data=idx data.path=DIR
+    "folder": DatasetInfo(None),  # any folder of images: data=folder data.path=DIR
+    "torchvision": DatasetInfo(None),  # data=torchvision data.name=CIFAR10, data=cifar10
+}
+# Keys only some datasets read: set for another, they are an error.
+ONLY_FOR = {
+    "image_size": ("folder", "torchvision"),
+    "channels": ("folder", "torchvision"),
+    "skip_bad": ("folder",),
+    "name": ("torchvision",),
 }
 # Other names a folder of your own may use for the test files.
 ALIASES = {"test_images": "test-images-idx3-ubyte", "test_labels": "test-labels-idx1-ubyte"}
@@ -109,6 +142,12 @@ class ImageDataModule(L.LightningDataModule):
         system_dirs: list[str] | None = None,
         path: str | None = None,
         binarize: str | None = None,
+        image_size: int | None = None,
+        channels: int | None = None,
+        skip_bad: bool = False,
+        cache_dir: str = "cache",
+        name: str | None = None,
+        augment: list[str] | None = None,
     ) -> None:
         super().__init__()
         if binarize not in BINARIZATIONS:
@@ -116,12 +155,47 @@ class ImageDataModule(L.LightningDataModule):
                 f"data.binarize={binarize!r} is not allowed; it must be dynamic, static or null"
             )
         self.binarize = binarize
+        self.augment = check_augment(augment)
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset={dataset!r} is unknown; allowed: {sorted(DATASETS)}")
         self.info = DATASETS[dataset]
-        if self.info.folder is None and not path:
-            raise ConfigError("data=idx needs data.path=DIR, a folder holding the four IDX files")
+        given: dict[str, Any] = {"image_size": image_size, "channels": channels}
+        given["skip_bad"] = skip_bad
+        given["name"] = name
+        for key, value in given.items():
+            if value not in (None, False) and dataset not in ONLY_FOR[key]:
+                raise ConfigError(
+                    f"data.{key}={value!r} is read by data={'/'.join(ONLY_FOR[key])} only, "
+                    f"not data.dataset={dataset}; remove it"
+                )
+        if dataset == "torchvision" and not name:
+            raise ConfigError("data=torchvision needs data.name=NAME, e.g. CIFAR10, SVHN, CelebA")
+        if dataset == "torchvision" and path:
+            raise ConfigError(
+                f"data.path={path!r} is not read by data=torchvision (torchvision's files are "
+                "under paths.data_dir); remove it"
+            )
+        if dataset in ("idx", "folder") and not path:
+            what = "a folder of images" if dataset == "folder" else "a folder of the four IDX files"
+            raise ConfigError(f"data={dataset} needs data.path=DIR, {what}")
         self.path = Path(path).expanduser() if path else None
+        self.source: FolderSource | TorchvisionSource | None = None
+        if dataset == "folder":
+            assert self.path is not None  # checked above: data=folder needs data.path
+            self.source = FolderSource(
+                self.path, Path(cache_dir).expanduser(), image_size, channels, skip_bad, split_seed
+            )
+        elif dataset == "torchvision":
+            assert name is not None  # checked above: data=torchvision needs data.name
+            self.source = TorchvisionSource(
+                name,
+                Path(data_dir).expanduser(),
+                Path(cache_dir).expanduser(),
+                image_size,
+                channels,
+                split_seed,
+            )
+        self._cached: CachedArrays | None = None
         self.dataset = dataset
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size = batch_size
@@ -181,6 +255,9 @@ class ImageDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download the raw files with torchvision unless they are already on disk; a file that
         a killed download left half-written is removed and fetched again, never used."""
+        if self.source is not None:
+            self.source.prepare()
+            return
         missing = f"{self.dataset} is not under {self.raw_dir}"
         if self.info.folder is None:
             self.files()  # a folder of your own is never downloaded: just say what is missing
@@ -217,9 +294,13 @@ class ImageDataModule(L.LightningDataModule):
         the complete files in place; never download or repair them here."""
         deadline = time.monotonic() + timeout
         while True:
-            found = self._find()
-            if found is not None and not any(incomplete_reason(p) for p in found.values()):
-                return
+            if self.source is not None:
+                if self.source.load() is not None:
+                    return
+            else:
+                found = self._find()
+                if found is not None and not any(incomplete_reason(p) for p in found.values()):
+                    return
             if time.monotonic() > deadline:
                 raise DataError(
                     f"{self.dataset}: waited {timeout:.0f} s for local rank 0 to fetch it into "
@@ -229,7 +310,9 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width), read from the training images' header."""
+        """(channels, height, width), read from the training images' header (or cache)."""
+        if self.source is not None:
+            return self.source.image_shape()
         shape = read_idx_shape(self.files()["train_images"])
         if len(shape) != 3:
             raise DataError(
@@ -246,6 +329,9 @@ class ImageDataModule(L.LightningDataModule):
             self.seed = shared[0]
         if self.train_set is not None:
             return
+        if self.source is not None:
+            self._setup_cached()
+            return
         arrays = read_checked(self.files())
         train_images = arrays["train_images"].unsqueeze(1)
         test_images = arrays["test_images"].unsqueeze(1)
@@ -253,14 +339,7 @@ class ImageDataModule(L.LightningDataModule):
         if self.binarize is not None:
             fixed = binarized_once(train_images, TRAIN_FILE)
             test_images = binarized_once(test_images, TEST_FILE)
-        val_size = self.val_size
-        if isinstance(val_size, float) and 0 < val_size < 1:
-            val_size = max(1, round(val_size * len(train_images)))
-        if not 0 < val_size < len(train_images) or val_size != int(val_size):
-            raise ConfigError(
-                f"data.val_size={self.val_size} must be in [1, {len(train_images) - 1}] "
-                f"(the training file holds {len(train_images)} images), or a fraction in (0, 1)"
-            )
+        val_size = self._val_count(len(train_images))
         generator = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(len(train_images), generator=generator)
         val, train = order[: int(val_size)], order[int(val_size) :]
@@ -270,10 +349,64 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set = TensorImages(train_file[train], labels[train])
         self.val_set = TensorImages(fixed[val], labels[val])
         self.test_set = TensorImages(test_images, arrays["test_labels"].long())
+        self._to_data_device()
+
+    def _val_count(self, n_train: int) -> int:
+        """`val_size` as a number of images out of `n_train`."""
+        val_size = self.val_size
+        if isinstance(val_size, float) and 0 < val_size < 1:
+            val_size = max(1, round(val_size * n_train))
+        if not 0 < val_size < n_train or val_size != int(val_size):
+            raise ConfigError(
+                f"data.val_size={self.val_size} must be in [1, {n_train - 1}] "
+                f"(the training set holds {n_train} images), or a fraction in (0, 1)"
+            )
+        return int(val_size)
+
+    def _cache(self) -> CachedArrays:
+        """The source's memory-mapped cache (made by `prepare_data`)."""
+        if self._cached is None:
+            assert self.source is not None, "only folder and torchvision data have a cache"
+            self._cached = self.source.load()
+            if self._cached is None:
+                raise DataError(
+                    f"{self.source.stem}: no up-to-date cache of the images; prepare_data() "
+                    "makes it"
+                )
+        return self._cached
+
+    def _setup_cached(self) -> None:
+        """Split the cache without copying it: its training images come in the order
+        `split_seed` gives, so validation is the first `val_size` of them, and every set is a
+        view of the mapped file (whose pages are given back after each gather)."""
+        cached = self._cache()
+        images, labels, n_train = cached.images, cached.labels, cached.n_train
+        val = self._val_count(n_train)
+        train_images, test_images = images[:n_train], images[n_train:]
+        fixed = train_images
+        if self.binarize is not None:
+            fixed = binarized_once(train_images, TRAIN_FILE)
+            test_images = binarized_once(test_images, TEST_FILE)
+        train_file = train_images if self.binarize == "dynamic" else fixed
+        release = cached.mapping.release
+        self.train_set = TensorImages(train_file[val:], labels[val:n_train], release)
+        self.val_set = TensorImages(fixed[:val], labels[:val], release)
+        self.test_set = TensorImages(test_images, labels[n_train:], release)
+        self._to_data_device()
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The labels' names (None: the images have no labels, every label is -1)."""
+        if self.source is not None:
+            return self._cache().classes
+        return list(self.info.classes or (str(digit) for digit in range(10)))
+
+    def _to_data_device(self) -> None:
         device = self._data_device()
         if device.type != "cpu":
             for data in (self.train_set, self.val_set, self.test_set):
                 data.images, data.labels = data.images.to(device), data.labels.to(device)
+                data.after_gather = None
 
     def _data_device(self) -> torch.device:
         """The accelerator when `on_device` is set and training runs on one: the whole dataset
@@ -340,6 +473,8 @@ class ImageDataModule(L.LightningDataModule):
         transform = to_float if self._on_model_device(device) else None
         if fresh:  # data.binarize=dynamic: new binary pixels each time, drawn where the data is
             transform = DynamicBinarization(self.seed, sampler.epoch, then=transform)
+        if train and self.augment:  # on whole chunks, where the data is
+            transform = Augment(self.augment, self.seed, sampler.epoch, then=transform)
         return Batches(
             loader, transform=transform, trained=self._trained_batches if train else lambda: 0
         )

@@ -11,6 +11,7 @@ from aelab.data import ImageDataModule, to_float
 from aelab.evaluation.probes import latent_codes
 from aelab.models import AutoencoderModule
 
+CMAP = "tab10"  # label colours (cycling past ten classes)
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
 
@@ -37,15 +38,16 @@ def traversal(model: AutoencoderModule, dims: int, steps: int, span: float = 3.0
     return model.decode(z.flatten(0, 1))
 
 
-def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
-    """Codes coloured by label: 2-d and 3-d codes as they are (3-d in 3-d), 1-d codes against
+def scatter_figure(codes: torch.Tensor, labels: torch.Tensor, classes: list[str] | None = None):
+    """Codes coloured by label, with a legend of the class names (`classes`; None: the data has
+    no labels, one colour): 2-d and 3-d codes as they are (3-d in 3-d), 1-d codes against
     their label, others projected on their first two principal components."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 5), dpi=100)
     if codes.shape[1] == 3:
         axes = figure.add_subplot(projection="3d")
-        points = axes.scatter(codes[:, 0], codes[:, 1], codes[:, 2], c=labels, cmap="tab10", s=4)
+        points = axes.scatter(codes[:, 0], codes[:, 1], codes[:, 2], c=labels, cmap=CMAP, s=4)
         title = "3-d codes"
     else:
         if codes.shape[1] == 1:
@@ -59,9 +61,13 @@ def scatter_figure(codes: torch.Tensor, labels: torch.Tensor):
                 "codes, PCA",
             )
         axes = figure.add_subplot()
-        points = axes.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4)
+        points = axes.scatter(xy[:, 0], xy[:, 1], c=labels, cmap=CMAP, s=4)
     axes.set_title(title)
-    figure.colorbar(points, ax=axes, label="label")
+    if classes is not None:
+        present = sorted(set(labels.tolist()))
+        handles = points.legend_elements(num=present)[0] if len(present) > 1 else []
+        names = [classes[label] for label in present][: len(handles)]
+        axes.legend(handles, names, fontsize="small", markerscale=0.8, loc="best")
     return figure
 
 
@@ -85,17 +91,18 @@ def log_latent_pictures(
     model.eval()
     images = datamodule.test_set.images[:num_points]
     labels = datamodule.test_set.labels[:num_points].cpu()
+    classes = getattr(datamodule, "classes", None)
     codes = latent_codes(model, images)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_embedding(
                 codes,
-                metadata=labels.tolist(),
+                metadata=[classes[label] for label in labels.tolist()] if classes else None,
                 label_img=to_float(images.cpu()),
                 global_step=step,
                 tag="latent/test_codes",
             )
-    log_figure(loggers, "latent/scatter", scatter_figure(codes, labels), step)
+    log_figure(loggers, "latent/scatter", scatter_figure(codes, labels, classes), step)
     x = to_float(images[:16].to(model.device))
     grid = make_grid(
         interpolate(model, x[:8], x[8:16], steps).float().cpu(), nrow=steps, pad_value=1

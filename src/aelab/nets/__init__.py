@@ -14,5 +14,6 @@ Your own network is one such class in your own module and one YAML in your own c
 from aelab.nets.conv import ConvNet
 from aelab.nets.layers import ACTIVATIONS, activation
 from aelab.nets.mlp import MLP
+from aelab.nets.resnet import ResNet
 
-__all__ = ["ACTIVATIONS", "MLP", "ConvNet", "activation"]
+__all__ = ["ACTIVATIONS", "MLP", "ConvNet", "ResNet", "activation"]

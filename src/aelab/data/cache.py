@@ -1,0 +1,111 @@
+"""Decoded images kept on disk as one uint8 array, memory-mapped when training reads them.
+
+A source that has to decode images (a folder of PNGs, CelebA's JPEGs) does so once, into
+`<name>.u8` (the (N, C, H, W) bytes, nothing else) beside `<name>.json` (the shape, labels, class
+names, the split sizes and the fingerprint of what it was made from). Both are written under
+temporary names and renamed, the JSON last, so a cache that a killed run left half-written is
+never used. Raw bytes rather than `.npy`: a file that skips undecodable images is cut short by
+truncation, with no header to rewrite.
+
+Reading maps the file (pages come in as batches need them) and gives the mapping's pages back to
+the kernel after every gather (`MappedImages.release`): the process's resident memory stays one
+chunk, not the whole file, and a dataset larger than RAM trains; the pages stay in the page cache,
+so the next epoch reads them from memory when they fit there.
+"""
+
+import json
+import math
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VERSION = 1  # bump when the layout changes: older caches are rebuilt
+
+
+@dataclass
+class CachedArrays:
+    """A cache's contents: `images` is a tensor view of the mapped file (training images first,
+    in the order the source chose, then the test images)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    n_train: int
+    classes: list[str] | None
+    mapping: "MappedImages"
+
+
+class MappedImages:
+    """The mapping under a cache's tensor; `release` drops its resident pages (they are clean:
+    nothing is ever written to them)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        with open(path, "rb") as f:
+            # ACCESS_COPY (a private mapping): writable as torch wants, never written back
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self.tensor = torch.frombuffer(self.map, dtype=torch.uint8).view(*shape)
+
+    def release(self) -> None:
+        """Give the resident pages back; the next read faults them in from the page cache."""
+        self.map.madvise(mmap.MADV_DONTNEED)
+
+
+def paths(stem: Path) -> tuple[Path, Path]:
+    """The array file and the JSON of the cache at `stem`."""
+    return stem.with_name(stem.name + ".u8"), stem.with_name(stem.name + ".json")
+
+
+def load(stem: Path, fingerprint: str) -> CachedArrays | None:
+    """The cache at `stem` if it is complete and was made from what `fingerprint` describes."""
+    array_file, meta_file = paths(stem)
+    try:
+        meta = json.loads(meta_file.read_text())
+        if meta.get("version") != VERSION or meta.get("fingerprint") != fingerprint:
+            return None
+        shape = (len(meta["labels"]), *meta["shape"])
+        if array_file.stat().st_size != math.prod(shape) or not shape[0]:
+            return None
+        mapping = MappedImages(array_file, shape)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    labels = torch.tensor(meta["labels"], dtype=torch.long)
+    return CachedArrays(mapping.tensor, labels, meta["n_train"], meta["classes"], mapping)
+
+
+class Writer:
+    """Appends uint8 images (n, C, H, W) to a new cache at `stem`; `finish` makes it visible."""
+
+    def __init__(self, stem: Path, shape: tuple[int, int, int]) -> None:
+        self.stem = stem
+        self.shape = tuple(shape)
+        self.array_file, self.meta_file = paths(stem)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.array_file.with_name(f"{self.array_file.name}.{os.getpid()}.partial")
+        self.file = open(self.partial, "wb")  # noqa: SIM115 (closed by finish or abort)
+        self.count = 0
+
+    def add(self, images: np.ndarray) -> None:
+        if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.shape:
+            raise ValueError(f"images {images.dtype} {images.shape}, expected uint8 {self.shape}")
+        self.file.write(np.ascontiguousarray(images).data)
+        self.count += len(images)
+
+    def finish(
+        self, fingerprint: str, labels: list[int], n_train: int, classes: list[str] | None
+    ) -> None:
+        self.file.close()
+        if self.count != len(labels):
+            raise ValueError(f"{self.count} images written for {len(labels)} labels")
+        os.replace(self.partial, self.array_file)
+        meta = {"version": VERSION, "fingerprint": fingerprint, "shape": list(self.shape)}
+        meta |= {"n_train": n_train, "classes": classes, "labels": labels}
+        partial = self.meta_file.with_name(f"{self.meta_file.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(meta))
+        os.replace(partial, self.meta_file)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.partial.unlink(missing_ok=True)
