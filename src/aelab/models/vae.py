@@ -138,17 +138,20 @@ class VAE(AutoencoderModule):
     def log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) of each image, in nats (summed over its pixels): logits (..., C, H, W)
         against images x that broadcast to them (K samples of a batch share its images)."""
-        pixels = (-3, -2, -1)
+
+        def pixels_summed(per_pixel: torch.Tensor) -> torch.Tensor:  # one flat reduction
+            return per_pixel.flatten(-3).sum(-1)
+
         if self.likelihood == "bernoulli":
             # x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)) = x l - softplus(l): minus the binary
             # cross-entropy, in two passes over the logits (which dominate test/nll_iw's cost)
-            return (logits * x).sum(pixels) - F.softplus(logits).sum(pixels)
+            return pixels_summed(logits * x) - pixels_summed(F.softplus(logits))
         if self.likelihood == "logistic":
             mean = torch.sigmoid(logits)
-            return discretized_logistic_log_prob(x, mean, self.log_scale).sum(pixels)
+            return pixels_summed(discretized_logistic_log_prob(x, mean, self.log_scale))
         mean, log_std = torch.sigmoid(logits), self.log_std
         per_pixel = 0.5 * ((x - mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
-        return -per_pixel.sum(pixels)
+        return -pixels_summed(per_pixel)
 
     def log_importance_weights(
         self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
