@@ -24,7 +24,7 @@ from aelab.errors import AelabError, DataError, root_cause
 from aelab.train import build_datamodule, build_model
 from aelab.validation import building, check_config
 
-IDX_CASES = 300  # examples per IDX property in CI (README: troubleshooting)
+IDX_CASES = 300  # examples per IDX property in CI (docs/troubleshooting.md)
 CONFIG_CASES = 300  # examples of the config property
 FUZZ = settings(
     max_examples=IDX_CASES,

@@ -128,7 +128,7 @@ def test_augmentation_flips_and_shifts_training_images_only(data_dir):
 def test_pictures_are_in_colour_and_legends_name_the_classes(tmp_path):
     from types import SimpleNamespace
 
-    from torch.utils.tensorboard import SummaryWriter
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     from aelab.callbacks.image_grids import ImageGrids
     from aelab.data import ImageDataModule
@@ -140,7 +140,9 @@ def test_pictures_are_in_colour_and_legends_name_the_classes(tmp_path):
     dm.prepare_data()
     dm.setup()
     model = VAE([3, 16, 16], latent_dim=3, net={"_target_": "aelab.nets.MLP", "hidden_dims": [8]})
-    log_latent_pictures(SummaryWriter(tmp_path / "tb"), model, dm, step=0, traversal_dims=2)
+    logger = TensorBoardLogger(str(tmp_path / "tb"), name="", version="")
+    log_latent_pictures([logger], model, dm, step=0, traversal_dims=2)
+    logger.experiment.flush()
     metadata = next((tmp_path / "tb").rglob("metadata.tsv")).read_text().split()
     assert set(metadata) == {"blue", "red"}
     sprite = np.asarray(Image.open(next((tmp_path / "tb").rglob("sprite.png"))).convert("RGB"))

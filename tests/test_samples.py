@@ -89,7 +89,7 @@ def features(pool, tmp_path_factory):
 def test_the_classifier_is_trained_once_and_cached(pool, features, monkeypatch):
     train, test = pool
     model, accuracy, cache = features
-    assert accuracy > 0.95  # ten well-separated prototypes
+    assert accuracy > 0.9  # ten classes of strokes, two epochs
     (saved,) = (cache / "classifiers").glob("synthetic-*.pt")
 
     def no_training(*args, **kwargs):

@@ -136,12 +136,13 @@ def results(cfg: DictConfig) -> Path:
     if not cfg.models or not cfg.datasets or not cfg.seeds:
         raise ConfigError("models, datasets and seeds must each name at least one")
     failed = []
+    command_line = "python -m aelab.results " + " ".join(sys.argv[1:])
     for dataset in cfg.datasets:  # one dataset's failure does not stop the others
         for step, command in (("training", train_command), ("evaluation", eval_command)):
             if subprocess.run(command(cfg, dataset), check=False).returncode != 0:
                 failed.append(f"the {step} of {dataset}")
-    output = write_results(cfg, "python -m aelab.results " + " ".join(sys.argv[1:]))
-    print(f"Wrote {output}")
+        output = write_results(cfg, command_line)  # after each dataset: a stop keeps the rest
+        print(f"Wrote {output}")
     if failed:
         raise AelabError(
             f"{', '.join(failed)} stopped with an error (above); {output} has the rest"
