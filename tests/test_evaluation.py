@@ -11,7 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from aelab.evaluation.likelihood import importance_weighted_nll
 from aelab.evaluation.pictures import scatter_figure
-from aelab.evaluation.probes import knn_accuracy, linear_probe_accuracy
+from aelab.data.batches import TensorImages
+from aelab.errors import DataError
+from aelab.evaluation.probes import knn_accuracy, linear_probe_accuracy, pixel_baselines
 from aelab.models import VAE
 
 
@@ -27,6 +29,28 @@ def test_knn_and_linear_probe_on_separable_codes():
     assert knn_accuracy(x[:200], y[:200], x[200:], y[200:], k=5) > 0.95
     assert linear_probe_accuracy(x[:200], y[:200], x[200:], y[200:]) > 0.95
     assert knn_accuracy(x[:200], y[:200], x[200:], (y[200:] + 1) % 3, k=5) < 0.1
+
+
+def test_pixel_baselines_are_computed_once_per_dataset_and_split(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    images = (torch.rand(200, 1, 4, 4, generator=g) * 100 + labels.view(-1, 1, 1, 1) * 150).to(
+        torch.uint8
+    )
+    train, test = TensorImages(images[:150], labels[:150]), TensorImages(images[150:], labels[150:])
+    first = pixel_baselines(train, test, 3, tmp_path, "toy")
+    assert first == {"test/knn_acc_pixels": 1.0, "test/linear_acc_pixels": 1.0}
+    (kept,) = (tmp_path / "probes").glob("toy-*.json")
+    kept.write_text('{"test/knn_acc_pixels": 0.5, "test/linear_acc_pixels": 0.25}')
+    assert pixel_baselines(train, test, 3, tmp_path, "toy")["test/knn_acc_pixels"] == 0.5
+    # another k, or other images, is another entry
+    assert pixel_baselines(train, test, 5, tmp_path, "toy")["test/knn_acc_pixels"] == 1.0
+    flipped = TensorImages(images[150:], 1 - labels[150:])
+    assert pixel_baselines(train, flipped, 3, tmp_path, "toy")["test/knn_acc_pixels"] == 0.0
+    assert len(list((tmp_path / "probes").glob("toy-*.json"))) == 3
+    kept.write_text("[1, 2")
+    with pytest.raises(DataError, match=f"{kept}: not a readable cache file"):
+        pixel_baselines(train, test, 3, tmp_path, "toy")
 
 
 def test_importance_weighted_nll_bounds_the_elbo():

@@ -46,7 +46,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
     from aelab.evaluation.pictures import log_latent_pictures
-    from aelab.evaluation.probes import knn_accuracy, latent_codes, linear_probe_accuracy
+    from aelab.evaluation.probes import (
+        knn_accuracy,
+        latent_codes,
+        linear_probe_accuracy,
+        pixel_baselines,
+    )
     from aelab.evaluation.reconstruction import reconstruction_mse
     from aelab.evaluation.runs import load_run
     from aelab.models.vae import DISCRETE, bits_per_dim
@@ -77,14 +82,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     else:
         train_y, test_y = train.labels.cpu(), test.labels.cpu()
         train_z, test_z = latent_codes(model, train.images), latent_codes(model, test.images)
-        train_px = train.images.flatten(1).float().cpu()
-        test_px = test.images.flatten(1).float().cpu()
         metrics["test/knn_acc"] = knn_accuracy(train_z, train_y, test_z, test_y, cfg.knn_k)
         metrics["test/linear_acc"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
-        metrics["test/knn_acc_pixels"] = knn_accuracy(train_px, train_y, test_px, test_y, cfg.knn_k)
-        metrics["test/linear_acc_pixels"] = linear_probe_accuracy(
-            train_px, train_y, test_px, test_y
-        )
+        dataset = run.config.data.dataset
+        metrics |= pixel_baselines(train, test, cfg.knn_k, cfg.paths.cache_dir, dataset)
     metrics["test/recon_mse"] = reconstruction_mse(model, test.images)
     if isinstance(model, ImportanceWeighted) and cfg.iw_samples > 0:
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):

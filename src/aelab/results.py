@@ -1,12 +1,13 @@
-"""Results entry point: `python -m aelab.results paths.data_dir=DIR epochs=10 iw_samples=1000`.
+"""Results entry point: `python -m aelab.results paths.data_dir=DIR table=models epochs=10`.
 
-The one command behind `docs/results.md`: for each dataset, one multirun of `train.py` over
-every model and seed (resumable: a rerun reads finished jobs back and resumes interrupted ones
-from their last checkpoint), then `aelab.eval` on that multirun's folder (each job's evaluation
-is kept beside its checkpoint and reused while the checkpoint and the settings stay the same),
-then one table per dataset of mean ± std over the seeds, written to `output`. Interrupt it at
-any point and run the same command again to go on, so a full table can be completed over
-several sittings.
+The one command behind `docs/results.md`. A table (`table=models`, `table=families`) names its
+rows, each a set of train.py overrides; for each dataset and row, one multirun of `train.py` over
+the seeds (resumable: a rerun reads finished jobs back and resumes interrupted ones from their
+last checkpoint), then `aelab.eval` on that multirun's folder (each job's evaluation is kept
+beside its checkpoint and reused while the checkpoint and the settings stay the same), then the
+table of mean ± std over the seeds, written into its own section of `output` (the other
+sections are left as they are). Interrupt it at any point and run the same command again to go
+on, so a full table can be completed over several sittings.
 """
 
 import datetime
@@ -37,61 +38,81 @@ COLUMNS = [
 ]
 
 
-def train_command(cfg: DictConfig, dataset: str) -> list[str]:
-    """The multirun of every model and seed on `dataset`, into `<work_dir>/<dataset>`."""
+def quoted(value: object) -> str:
+    """`value` as one quoted string of Hydra's override grammar, whatever characters (`=`, `,`,
+    spaces) a path holds."""
+    escaped = str(value).replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def train_command(cfg: DictConfig, dataset: str, row: str) -> list[str]:
+    """The multirun of one row over the seeds on `dataset`, into `<work_dir>/<dataset>/<row>`."""
     return [
         sys.executable,
         "-m",
         "aelab.train",
         "-m",
-        f"model={','.join(cfg.models)}",
+        *cfg.table.rows[row],
         f"data={dataset}",
         f"seed={','.join(str(s) for s in cfg.seeds)}",
         f"trainer.max_epochs={cfg.epochs}",
-        f"paths.data_dir={cfg.paths.data_dir}",
-        f"paths.cache_dir={cfg.paths.cache_dir}",
-        f"hydra.sweep.dir={Path(cfg.work_dir) / dataset}",
+        f"paths.data_dir={quoted(cfg.paths.data_dir)}",
+        f"paths.cache_dir={quoted(cfg.paths.cache_dir)}",
+        f"hydra.sweep.dir={quoted(Path(cfg.work_dir) / dataset / row)}",
+        *cfg.table.common,
         *cfg.train_overrides,
     ]
 
 
-def eval_command(cfg: DictConfig, dataset: str) -> list[str]:
-    """`aelab.eval` on the dataset's multirun folder (its tables go into that folder)."""
-    sweep = Path(cfg.work_dir) / dataset
+def eval_command(cfg: DictConfig, dataset: str, row: str) -> list[str]:
+    """`aelab.eval` on the row's multirun folder (its tables go into that folder)."""
+    sweep = Path(cfg.work_dir) / dataset / row
     return [
         sys.executable,
         "-m",
         "aelab.eval",
-        f"ckpt_path={sweep}",
+        f"ckpt_path={quoted(sweep)}",
         f"iw_samples={cfg.iw_samples}",
         f"sample_metrics.count={cfg.sample_count}",
         f"sample_metrics.inception={str(cfg.inception).lower()}",
-        f"paths.cache_dir={cfg.paths.cache_dir}",
-        f"hydra.run.dir={sweep / 'eval'}",
+        f"paths.cache_dir={quoted(cfg.paths.cache_dir)}",
+        f"hydra.run.dir={quoted(sweep / 'eval')}",
         *cfg.eval_overrides,
     ]
 
 
-def table(summary_csv: Path) -> str:
-    """A dataset's Markdown table from its `eval_summary.csv`: one row per model."""
+def table(cfg: DictConfig, dataset: str) -> str:
+    """The dataset's Markdown table: one line per row of the table, from each row's
+    `eval_summary.csv` ("not run yet" where there is none)."""
     import pandas as pd
 
     from aelab.sweeps.summary import cell
 
-    summary = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""])
+    summaries = {}
+    for row in cfg.table.rows:
+        path = Path(cfg.work_dir) / dataset / row / "eval_summary.csv"
+        if path.is_file():
+            summaries[row] = pd.read_csv(path, keep_default_na=False, na_values=[""]).iloc[0]
     columns = [
-        (m, h) for m, h in COLUMNS if f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()
+        (m, h) for m, h in COLUMNS if any(pd.notna(s.get(f"{m}_mean")) for s in summaries.values())
     ]
-    rows = ["| model | n | failed | " + " | ".join(h for _, h in columns) + " |"]
-    rows.append("| --- | ---: | ---: |" + " ---: |" * len(columns))
-    for _, row in summary.iterrows():
-        model = str(row["overrides"]).removeprefix("model=")
-        cells = [cell(row[f"{m}_mean"], row[f"{m}_std"]) or "-" for m, _ in columns]
-        rows.append(f"| `{model}` | {row['n']} | {row['failed']} | " + " | ".join(cells) + " |")
-    accuracy = summary.get("test/classifier_acc_mean")
-    known = [a for a in accuracy if pd.notna(a)] if accuracy is not None else []
+    lines = ["| row | n | failed | " + " | ".join(h for _, h in columns) + " |"]
+    lines.append("| --- | ---: | ---: |" + " ---: |" * len(columns))
+    for row in cfg.table.rows:
+        if row not in summaries:
+            lines.append(
+                f"| `{row}` | 0 | - | " + " | ".join("not run yet" for _ in columns) + " |"
+            )
+            continue
+        s = summaries[row]
+        cells = [cell(s.get(f"{m}_mean"), s.get(f"{m}_std")) or "-" for m, _ in columns]
+        lines.append(
+            f"| `{row}` | {int(s['n'])} | {int(s['failed'])} | " + " | ".join(cells) + " |"
+        )
+    accuracy = [s.get("test/classifier_acc_mean") for s in summaries.values()]
+    known = [a for a in accuracy if a is not None and pd.notna(a)]
     note = f"\n\nThe feature classifier's own test accuracy: {known[0]:.2%}." if known else ""
-    return "\n".join(rows) + note
+    return "\n".join(lines) + note
 
 
 def machine() -> str:
@@ -104,44 +125,89 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores{gpu}; {versions}"
 
 
-def write_results(cfg: DictConfig, command: str) -> Path:
-    """`output`: the command, the budget, the machine, and one table per dataset."""
+def section(cfg: DictConfig, command: str) -> str:
+    """The table's section: its title, the command, the budget, the machine, the rows' overrides
+    and one table per dataset."""
+    rows = "; ".join(f"`{row}`: `{' '.join(o)}`" for row, o in cfg.table.rows.items())
+    common = " ".join(cfg.table.common)
     parts = [
-        "# Results",
+        f"## {cfg.table.title}",
         "",
         f"Generated by `{command}` on {datetime.date.today():%Y-%m-%d} ({machine()}); do not edit "
-        "by hand, rerun the command. Every model is trained for "
+        "by hand, rerun the command. Every row is trained for "
         f"{cfg.epochs} epochs with seeds {', '.join(map(str, cfg.seeds))} and tested at its best "
         "epoch by `val/loss`; each cell is the mean ± sample standard deviation over the seeds "
         "(`n` finished; `failed` are counted, never averaged in). Test loss: MSE per pixel for "
-        "autoencoders, nats per image (-ELBO) for VAEs (`beta_vae`: recon + beta KL). "
+        "autoencoders, nats per image (-ELBO, or the bound a family trains on) for the others "
+        "(`beta_vae`: recon + beta KL). `recon MSE`: squared error per pixel of the "
+        "reconstruction (the decoded posterior mean or code) against the test image. "
         f"`nll_iw`: -log p(x) with K={cfg.iw_samples} importance samples. Sample metrics on "
-        f"{cfg.sample_count} generated and as many test images (VAEs from the prior, autoencoders "
-        "from a 10-component Gaussian mixture of their training codes): Fréchet distance and "
-        "precision/recall (k=3) in the features of a classifier trained once per dataset. k-NN "
-        "(k=10) and linear-probe accuracy of the latent codes.",
+        f"{cfg.sample_count} generated and as many test images (VAEs from their prior, "
+        "autoencoders from a 10-component Gaussian mixture of their training codes): Fréchet "
+        "distance and precision/recall (k=3) in the features of a classifier trained once per "
+        "dataset. k-NN (k=10) and linear-probe accuracy of the latent codes.",
+        "",
+        f"Rows (train.py overrides): {rows}" + (f"; every row: `{common}`." if common else "."),
     ]
-    for dataset in cfg.datasets:
-        summary = Path(cfg.work_dir) / dataset / "eval_summary.csv"
-        parts += ["", f"## {dataset}", ""]
-        parts.append(table(summary) if summary.is_file() else "Not evaluated yet.")
+    for dataset in cfg.table.datasets:
+        parts += ["", f"### {dataset}", "", table(cfg, dataset)]
+    return "\n".join(parts)
+
+
+def write_results(cfg: DictConfig, command: str) -> Path:
+    """Rewrite the table's section of `output` (between its two marker comments), keeping the
+    rest of the file; a new file gets a title, a missing section goes at the end. Under a lock,
+    so that the commands of two tables can run at once."""
+    import fcntl
+
+    from aelab.checkpoints import write_atomically
+
+    begin, end = f"<!-- aelab.results table={cfg.table.name} -->", "<!-- end of table -->"
+    block = f"{begin}\n{section(cfg, command)}\n{end}"
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("\n".join(parts) + "\n")
+    with open(output.with_name(f".{output.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = output.read_text() if output.is_file() else "# Results\n"
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            if end not in rest:
+                raise ConfigError(f"{output}: {begin} has no {end} after it; restore or delete it")
+            text = head + block + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+        write_atomically(output, text.encode())
     return output
 
 
+def chosen_rows(cfg: DictConfig) -> list[str]:
+    """The rows to run: `only`, each checked against the table's rows, or all of them."""
+    rows = list(cfg.table.rows)
+    if not rows or not cfg.table.datasets or not cfg.seeds:
+        raise ConfigError("table.rows, table.datasets and seeds must each name at least one")
+    if cfg.only is None:
+        return rows
+    unknown = [row for row in cfg.only if row not in rows]
+    if unknown or not cfg.only:
+        raise ConfigError(
+            f"only={list(cfg.only)}: {', '.join(unknown) or 'no row'} is not a row of "
+            f"table={cfg.table.name}; its rows: {', '.join(rows)}"
+        )
+    return [row for row in rows if row in cfg.only]
+
+
 def results(cfg: DictConfig) -> Path:
-    """Train what is missing, evaluate what is not yet, write the tables."""
-    if not cfg.models or not cfg.datasets or not cfg.seeds:
-        raise ConfigError("models, datasets and seeds must each name at least one")
+    """Train what is missing, evaluate what is not yet, write the table's section."""
+    rows = chosen_rows(cfg)
     failed = []
     command_line = "python -m aelab.results " + " ".join(sys.argv[1:])
-    for dataset in cfg.datasets:  # one dataset's failure does not stop the others
-        for step, command in (("training", train_command), ("evaluation", eval_command)):
-            if subprocess.run(command(cfg, dataset), check=False).returncode != 0:
-                failed.append(f"the {step} of {dataset}")
-        output = write_results(cfg, command_line)  # after each dataset: a stop keeps the rest
+    for dataset in cfg.table.datasets:  # one failure does not stop the others
+        for row in rows:
+            for step, command in (("training", train_command), ("evaluation", eval_command)):
+                if subprocess.run(command(cfg, dataset, row), check=False).returncode != 0:
+                    failed.append(f"the {step} of {row} on {dataset}")
+                    break
+            output = write_results(cfg, command_line)  # after each row: a stop keeps the rest
         print(f"Wrote {output}")
     if failed:
         raise AelabError(

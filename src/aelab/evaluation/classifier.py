@@ -9,7 +9,6 @@ recipe is fixed and seeded, so every run of every model is measured in the same 
 cache file is named by a hash of the training images and the recipe.
 """
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 from aelab.data import to_float
 from aelab.data.batches import TensorImages
 from aelab.errors import DataError
+from aelab.evaluation.cached import digest
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +117,6 @@ class Shuffled(Sampler[torch.Tensor]):
         return -(-self.size // self.batch_size)
 
 
-def cache_key(images: torch.Tensor, labels: torch.Tensor, recipe: Recipe) -> str:
-    """A digest of the training images, their labels and the recipe."""
-    digest = hashlib.sha256(repr(asdict(recipe)).encode())
-    digest.update(repr(tuple(images.shape)).encode())
-    digest.update(images.contiguous().cpu().numpy().tobytes())
-    digest.update(labels.contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def feature_classifier(
     train: TensorImages,
     test: TensorImages,
@@ -145,7 +136,7 @@ def feature_classifier(
     path = (
         Path(cache_dir)
         / "classifiers"
-        / f"{dataset}-{cache_key(train.images, train.labels, recipe)}.pt"
+        / f"{dataset}-{digest(asdict(recipe), train.images, train.labels)}.pt"
     )
     if path.is_file():
         try:

@@ -1,10 +1,14 @@
 """How much the latent codes know about the labels: k-NN and linear-probe accuracy, on in-memory
 tensors in batches."""
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from aelab.data import to_float
+from aelab.data.batches import TensorImages
+from aelab.evaluation.cached import cached_numbers, digest
 from aelab.models import AutoencoderModule
 
 
@@ -68,3 +72,24 @@ def linear_probe_accuracy(
     optimizer.step(closure)
     with torch.no_grad():
         return (linear(test_x).argmax(1) == test_y).float().mean().item()
+
+
+def pixel_baselines(
+    train: TensorImages, test: TensorImages, k: int, cache_dir: str | Path, dataset: str
+) -> dict[str, float]:
+    """k-NN and linear-probe accuracy on raw pixels, the baselines the codes are read against:
+    computed once per dataset and split (`<cache_dir>/probes/<dataset>-<key>.json`), since
+    every job of a sweep would otherwise repeat the same minutes of work."""
+
+    def compute() -> dict[str, float]:
+        train_px, test_px = train.images.flatten(1).float(), test.images.flatten(1).float()
+        train_y, test_y = train.labels.cpu(), test.labels.cpu()
+        return {
+            "test/knn_acc_pixels": knn_accuracy(train_px.cpu(), train_y, test_px.cpu(), test_y, k),
+            "test/linear_acc_pixels": linear_probe_accuracy(
+                train_px.cpu(), train_y, test_px.cpu(), test_y
+            ),
+        }
+
+    key = digest({"knn_k": k}, train.images, train.labels, test.images, test.labels)
+    return cached_numbers(Path(cache_dir) / "probes" / f"{dataset}-{key}.json", compute)
