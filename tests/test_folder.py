@@ -126,30 +126,36 @@ def test_a_corrupted_image_stops_the_run_or_is_skipped(tmp_path, caplog):
     assert "skipped 1 of 12 images" in caplog.text
 
 
-# One epoch of every loader of data=folder over the cache, in a process that reports its peak
-# resident memory before (torch's libraries take about a gigabyte of their own) and after. No
-# model, and the chunks' float conversion skipped: they would only add time (one chunk of
-# floats at a time), the memory in question is the gathers'.
-EPOCH_OF_LOADERS = """
-import resource, sys
+# One epoch of training (with its validation) and a test of a small autoencoder over the cache,
+# in a process that reports its peak resident memory before fitting (torch's libraries take
+# about a gigabyte of their own) and after testing.
+EPOCH_OF_TRAINING = """
+import math, resource, sys
+import lightning as L
 from aelab.data import ImageDataModule
+from aelab.models import Autoencoder
 dm = ImageDataModule("folder", sys.argv[2], path=sys.argv[1], batch_size=256, chunk_size=256,
                      val_size=0.05)
+model = Autoencoder((3, 128, 128), 4, net={"_target_": "aelab.nets.MLP", "hidden_dims": [8]},
+                    optimizer={"_target_": "torch.optim.Adam", "_partial_": True})
+trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False)
 print("before_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-dm.prepare_data()
-dm.setup()
-seen = 0
-for batches in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
-    for x, y in batches.loader:  # the gathered uint8 chunks, before they become floats
-        seen += len(x)
-print("seen", seen, "peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+trainer.fit(model, dm)
+validated = float(trainer.callback_metrics["val/loss"])
+(tested,) = trainer.test(model, dm, verbose=False)
+sizes = len(dm.train_set), len(dm.val_set), len(dm.test_set)
+assert trainer.global_step == math.ceil(sizes[0] / 256), (trainer.global_step, sizes)
+assert math.isfinite(tested["test/loss"]) and math.isfinite(validated)
+print("images", sum(sizes), "peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
 @pytest.mark.slow
 def test_an_epoch_over_a_2_gb_cache_keeps_resident_memory_far_below_it(tmp_path):
-    """The memory-mapped path: an epoch over a cache larger than the process may hold, pages
-    coming in per chunk and given back after it (the split and validation copy nothing)."""
+    """The memory-mapped path: an epoch of training over a cache larger than the process may
+    hold, pages coming in per chunk and given back after it (the split, validation and the test
+    copy nothing)."""
     folder = tmp_path / "big"
     write_images(folder, 11, size=(128, 128))
     source = FolderSource(folder, tmp_path / "cache", None, None, False, 12345)
@@ -161,10 +167,10 @@ def test_an_epoch_over_a_2_gb_cache_keeps_resident_memory_far_below_it(tmp_path)
     writer.finish(source.fingerprint(), [-1] * n, n - 4_000, None)
     size = cache.paths(source.stem)[0].stat().st_size
     assert size > 2e9
-    result = run_python("-c", EPOCH_OF_LOADERS, str(folder), str(tmp_path), timeout=600, cwd=REPO)
+    result = run_python("-c", EPOCH_OF_TRAINING, str(folder), str(tmp_path), timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     before = int(result.stdout.split("before_kib")[-1].split()[0]) * 1024
-    seen, _, peak = result.stdout.split("seen")[-1].split()
-    assert int(seen) == n, "every image, once"
+    images, _, peak = result.stdout.split("images")[-1].split()
+    assert int(images) == n
     grown = int(peak) * 1024 - before
     assert grown < size / 3, f"peak RSS grew by {grown / 1e9:.2f} GB, the cache is {size / 1e9:.2f}"
