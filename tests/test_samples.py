@@ -108,6 +108,8 @@ def test_the_classifier_is_trained_once_and_cached(pool, features, monkeypatch):
             "synthetic",
             Recipe(epochs=2),
         )
+    flipped = TensorImages(test.images, (test.labels + 1) % 10)  # its accuracy on these images
+    assert feature_classifier(train, flipped, cache, "synthetic", Recipe(epochs=2))[1] < 0.1
     saved.write_bytes(b"not a checkpoint")
     with pytest.raises(Exception, match=r"synthetic-.*\.pt: not a readable classifier.*delete it"):
         feature_classifier(train, test, cache, "synthetic", Recipe(epochs=2))

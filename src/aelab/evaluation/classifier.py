@@ -125,8 +125,10 @@ def feature_classifier(
     recipe: Recipe = Recipe(),
     accelerator: str = "auto",
 ) -> tuple[FeatureClassifier, float]:
-    """The dataset's classifier and its test accuracy: read from the cache, or trained and
-    cached (`<cache_dir>/classifiers/<dataset>-<key>.pt`)."""
+    """The dataset's classifier and its accuracy on `test`: read from the cache, or trained and
+    cached (`<cache_dir>/classifiers/<dataset>-<key>.pt`, keyed by the training images). The
+    accuracy is measured on the test images given, which may differ from those of the run that
+    trained it (binarized test images, a classifier trained on grey levels)."""
     classes = int(train.labels.max()) + 1
     channels, height, width = train.images.shape[1:]
     image_shape = (channels, height, width)
@@ -146,7 +148,7 @@ def feature_classifier(
             raise DataError(
                 f"{path}: not a readable classifier ({type(err).__name__}); delete it to retrain"
             ) from err
-        return model, float(saved["test_accuracy"])
+        return model, model.accuracy(test.images, test.labels)
     log.info(f"Training the {dataset} feature classifier once ({recipe.epochs} epochs) -> {path}")
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
