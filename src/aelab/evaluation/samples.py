@@ -28,6 +28,7 @@ from aelab.models.base import Generative
 
 log = logging.getLogger(__name__)
 
+MIXTURE_FIT_IMAGES = 10_000  # training codes the Gaussian mixture is fitted to, at most
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's download
 
 
@@ -46,14 +47,19 @@ def generated_images(
     batch_size: int = 1000,
 ) -> torch.Tensor:
     """`count` uint8 images (N, C, H, W) decoded from prior draws, or from a Gaussian mixture
-    (full covariances) fitted to the codes of `train_images`; on the CPU."""
+    (full covariances) fitted to the codes of (at most `MIXTURE_FIT_IMAGES` of) `train_images`;
+    on the CPU."""
     model.eval()
     if isinstance(model, Generative):
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(seed)
             images = [model.sample(len(n)) for n in torch.arange(count).split(batch_size)]
     elif isinstance(model, Autoencoder):
-        codes = latent_codes(model, train_images).double().numpy()
+        # the mixture's fit costs as much as the rest of an evaluation together beyond a few
+        # thousand codes: fitted to a fixed random subset of the training images
+        chosen = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))
+        subset = train_images[chosen[:MIXTURE_FIT_IMAGES].sort().values]
+        codes = latent_codes(model, subset).double().numpy()
         mixture = GaussianMixture(mixture_components, random_state=seed).fit(codes)
         z = torch.from_numpy(mixture.sample(count)[0]).float()
         images = [model.decode(b.to(model.device)) for b in z.split(batch_size)]
