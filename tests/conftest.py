@@ -134,8 +134,13 @@ def run_python(*args: str, env: dict | None = None, timeout: int = 600, cwd: Pat
 
 
 def start_train(*args: str, env: dict | None = None):
-    """`python train.py ARGS` started in a session of its own (the test may kill it whole),
-    offline as `run_python`; its output goes to a file the test may read."""
+    """`python train.py ARGS`, as `start_python` starts it."""
+    return start_python("train.py", *args, env=env)
+
+
+def start_python(*args: str, env: dict | None = None):
+    """`python ARGS` started in a session of its own (the test may kill it whole), offline
+    as `run_python`; its output goes to a file the test may read."""
     import os
     import subprocess
     import tempfile
@@ -145,7 +150,7 @@ def start_train(*args: str, env: dict | None = None):
     }
     output = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process's test)
     process = subprocess.Popen(
-        [sys.executable, "train.py", *args],
+        [sys.executable, *args],
         cwd=REPO,
         stdout=output,
         stderr=subprocess.STDOUT,

@@ -1,6 +1,7 @@
 """Evaluation from a checkpoint, latent and likelihood metrics, generated PNGs."""
 
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,10 @@ from conftest import run_python, run_train, small_run_overrides
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from aelab.evaluation.likelihood import importance_weighted_nll
-from aelab.evaluation.pictures import scatter_figure
 from aelab.data.batches import TensorImages
 from aelab.errors import DataError
+from aelab.evaluation.likelihood import importance_weighted_nll
+from aelab.evaluation.pictures import scatter_figure
 from aelab.evaluation.probes import knn_accuracy, linear_probe_accuracy, pixel_baselines
 from aelab.models import VAE
 
@@ -51,6 +52,16 @@ def test_pixel_baselines_are_computed_once_per_dataset_and_split(tmp_path):
     kept.write_text("[1, 2")
     with pytest.raises(DataError, match=f"{kept}: not a readable cache file"):
         pixel_baselines(train, test, 3, tmp_path, "toy")
+
+
+def test_pixel_baselines_are_skipped_with_one_line_where_the_floats_would_not_fit(tmp_path, caplog):
+    images = torch.zeros(150, 1, 4, 4, dtype=torch.uint8)
+    train = TensorImages(images, torch.arange(150) % 2)
+    with caplog.at_level(logging.INFO):
+        assert pixel_baselines(train, train, 3, tmp_path, "big", max_bytes=4 * 2399) == {}
+    assert "No test/knn_acc_pixels, test/linear_acc_pixels: the 150 training images" in caplog.text
+    assert not (tmp_path / "probes").exists()
+    assert pixel_baselines(train, train, 3, tmp_path, "big", max_bytes=4 * 2400)  # at the limit
 
 
 def test_importance_weighted_nll_bounds_the_elbo():

@@ -89,6 +89,41 @@ def test_sigterm_mid_epoch_then_resume_is_the_uninterrupted_run(data_dir, tmp_pa
 
 
 @pytest.mark.slow
+def test_sigterm_stops_a_sweep_and_each_rerun_resumes_the_interrupted_job(data_dir, tmp_path):
+    """A sweep asked to stop (SIGTERM: a preempted node, a killed results command) stops
+    there, and the interrupted job keeps no record: the rerun resumes it from its checkpoint
+    instead of reading it back as failed. Here every job is sent SIGTERM at the same step."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *args_for(data_dir), "seed=1,2", *signal_args("SIGTERM")]
+    args.append(f"hydra.sweep.dir={sweep}")
+    env = signal_env(tmp_path)
+    first = run_train(*args, env=env)
+    assert first.returncode == 1
+    assert f"stopped by SIGTERM at step {STEP}" in first.stderr
+    assert "job 1 not started: this sweep was asked to stop" in first.stdout + first.stderr
+    for job in "01":
+        assert not (sweep / job / "result.json").exists()
+    assert not (sweep / "1" / "checkpoints").exists()
+    assert (sweep / "0" / "checkpoints" / "interrupted.ckpt").is_file()
+
+    second = run_train(*args, env=env)  # job 0 resumes past the signal's step; job 1 stops
+    assert second.returncode == 1
+    assert (
+        "job 0 was interrupted: resuming from its newest checkpoint"
+        in second.stdout + second.stderr
+    )
+    assert json.loads((sweep / "0" / "result.json").read_text())["status"] == "ok"
+    assert not (sweep / "1" / "result.json").exists()
+
+    third = run_train(*args, env=env)
+    assert third.returncode == 0, third.stderr[-2000:]
+    log = third.stdout + third.stderr
+    assert "job 0 finished in an earlier run of this sweep (ok)" in log
+    assert "job 1 was interrupted: resuming from its newest checkpoint" in log
+    assert json.loads((sweep / "1" / "result.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
 def test_a_slurm_warning_signal_requeues_once_and_the_requeued_job_resumes_exactly(
     data_dir, tmp_path, uninterrupted
 ):

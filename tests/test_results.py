@@ -1,8 +1,12 @@
 """The one results command: trains, evaluates and tabulates every model x dataset x seed, and a
 rerun resumes instead of starting over."""
 
+import signal
+import time
+from pathlib import Path
+
 import pytest
-from conftest import VAL_SIZE, run_python
+from conftest import VAL_SIZE, output_of, run_python, start_python
 from omegaconf import OmegaConf
 
 
@@ -105,3 +109,57 @@ def test_every_row_of_every_table_composes_into_its_model(name):
             for override in overrides[1:] + list(table.common):
                 key, value = override.split("=", 1)
                 assert str(OmegaConf.select(cfg, key)).replace(" ", "").replace("'", "") == value
+
+
+def processes_naming(text: str) -> list[str]:
+    """The command lines of this machine's live processes that contain `text`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        if text in line:
+            found.append(line)
+    return found
+
+
+@pytest.mark.slow
+def test_a_stopped_results_command_stops_its_training_and_the_rerun_resumes_it(data_dir, tmp_path):
+    work = tmp_path / "work"
+    args = [
+        "-m",
+        "aelab.results",
+        "only=[vae]",
+        "table.datasets=[mnist]",
+        "seeds=[1]",
+        "epochs=8",
+        "iw_samples=5",
+        "sample_count=64",
+        f"paths.data_dir={data_dir}",
+        f"work_dir={work}",
+        f"output={tmp_path / 'results.md'}",
+        f"train_overrides=['data.val_size={VAL_SIZE}','data.system_dirs=[]',"
+        "'trainer.accelerator=cpu','logger=csv','callbacks.progress_bar=null']",
+        "eval_overrides=['logger=none','sample_metrics.classifier_epochs=1']",
+    ]
+    process = start_python(*args)
+    checkpoints = work / "mnist" / "vae" / "0" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("epoch_*.ckpt")) and process.poll() is None:
+        assert time.monotonic() < deadline, output_of(process)[-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # the results command only, as `kill PID` does
+    assert process.wait(timeout=120) == 1
+    assert output_of(process).strip().splitlines()[-1] == (
+        "error: stopped by SIGTERM; rerun the same command to go on where it stopped"
+    )
+    assert not processes_naming(str(work)), "its training goes on without it"
+    assert not (checkpoints.parent / "result.json").exists()  # not recorded as finished
+
+    again = run_python(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (
+        "job 0 was interrupted: resuming from its newest checkpoint" in again.stdout + again.stderr
+    )
+    assert "| `vae` | 1 | 0 |" in (tmp_path / "results.md").read_text()

@@ -13,6 +13,7 @@ on, so a full table can be completed over several sittings.
 import datetime
 import os
 import platform
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab.config import CONFIG_MODULE, run_app
-from aelab.errors import AelabError, ConfigError
+from aelab.errors import AelabError, ConfigError, Interrupted
 from aelab.train import report_user_errors
 
 # (metric, heading) in the tables' order; a column only when some job has the metric
@@ -204,6 +205,25 @@ def shown_command(args: list[str]) -> str:
     return " ".join(["python -m aelab.results", *shown, "paths.data_dir=/path/to/data"])
 
 
+def run_step(command: list[str]) -> int:
+    """Run a training or evaluation step and return its exit code. Stopped by SIGTERM (or
+    Ctrl-C), this process stops its step first, which saves a checkpoint that the rerun
+    resumes from: the step is never left running on its own."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted("stopped by SIGTERM; rerun the same command to go on where it stopped")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
+        signal.signal(signal.SIGTERM, previous)
+
+
 def results(cfg: DictConfig) -> Path:
     """Train what is missing, evaluate what is not yet, write the table's section."""
     rows = chosen_rows(cfg)
@@ -212,7 +232,7 @@ def results(cfg: DictConfig) -> Path:
     for dataset in cfg.table.datasets:  # one failure does not stop the others
         for row in rows:
             for step, command in (("training", train_command), ("evaluation", eval_command)):
-                if subprocess.run(command(cfg, dataset, row), check=False).returncode != 0:
+                if run_step(command(cfg, dataset, row)) != 0:
                     failed.append(f"the {step} of {row} on {dataset}")
                     break
             output = write_results(cfg, command_line)  # after each row: a stop keeps the rest

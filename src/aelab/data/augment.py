@@ -14,10 +14,9 @@ augments its epochs as an uninterrupted one does.
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from aelab.data.binarize import stream_seed
+from aelab.data.streams import EpochStreamTransform
 from aelab.errors import ConfigError
 
 AUGMENTATIONS = ("flip", "crop")
@@ -55,8 +54,10 @@ def crop(images: torch.Tensor, generator: torch.Generator, padding: int = CROP_P
     return padded[batch, channel, rows, cols]
 
 
-class Augment:
+class Augment(EpochStreamTransform):
     """The training chunks' transform under `data.augment`: the augmentations, then `then`."""
+
+    stream = (AUGMENT_STREAM,)
 
     def __init__(
         self,
@@ -65,23 +66,12 @@ class Augment:
         epoch: Callable[[], int],
         then: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
+        super().__init__(seed, epoch, then)
         self.augment = tuple(augment)
-        self.seed = seed
-        self.epoch = epoch
-        self.then = then
-        self.generator: torch.Generator | None = None
-        self.drawing_epoch: int | None = None
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        epoch = self.epoch()
-        if self.generator is None or self.generator.device != images.device:
-            self.generator, self.drawing_epoch = torch.Generator(images.device), None
-        if epoch != self.drawing_epoch:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            self.generator.manual_seed(stream_seed(self.seed, rank, epoch, AUGMENT_STREAM))
-            self.drawing_epoch = epoch
+    def transform(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if "flip" in self.augment:
-            images = flip(images, self.generator)
+            images = flip(images, generator)
         if "crop" in self.augment:
-            images = crop(images, self.generator)
-        return images if self.then is None else self.then(images)
+            images = crop(images, generator)
+        return images

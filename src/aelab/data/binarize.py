@@ -12,21 +12,14 @@ the images stay uint8 tensors that `to_float` turns into 0 and 1.
   run's `test/nll_iw` is measured on the same binary test set.
 """
 
-from collections.abc import Callable
-
-import numpy as np
 import torch
-import torch.distributed as dist
+
+from aelab.data.streams import EpochStreamTransform, stream_seed
 
 BINARIZATIONS = (None, "dynamic", "static")
 FIXED_SEED = 20160201  # the once-binarized images; each file of the dataset has its own stream
 TRAIN_FILE, TEST_FILE = 0, 1
 CHUNK = 8192  # images per draw: the uniform integers of one chunk are in memory at a time
-
-
-def stream_seed(*entropy: int) -> int:
-    """A 64-bit seed mixed from several integers (NumPy's SeedSequence)."""
-    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0])
 
 
 def draw(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -43,30 +36,9 @@ def binarized_once(images: torch.Tensor, file: int) -> torch.Tensor:
     return torch.cat([draw(chunk, generator) for chunk in images.split(CHUNK)])
 
 
-class DynamicBinarization:
+class DynamicBinarization(EpochStreamTransform):
     """The transform of the training batches under `data.binarize=dynamic`: fresh Bernoulli
-    pixels for every chunk of images, where they are, then `then` (`to_float`, or nothing when
-    the bytes still travel to the model's device)."""
+    pixels for every chunk of images, where they are."""
 
-    def __init__(
-        self,
-        seed: int,
-        epoch: Callable[[], int],
-        then: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
-        self.seed = seed
-        self.epoch = epoch
-        self.then = then
-        self.generator: torch.Generator | None = None
-        self.drawing_epoch: int | None = None
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        epoch = self.epoch()
-        if self.generator is None or self.generator.device != images.device:
-            self.generator, self.drawing_epoch = torch.Generator(images.device), None
-        if epoch != self.drawing_epoch:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            self.generator.manual_seed(stream_seed(self.seed, rank, epoch))
-            self.drawing_epoch = epoch
-        binary = draw(images, self.generator)
-        return binary if self.then is None else self.then(binary)
+    def transform(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return draw(images, generator)

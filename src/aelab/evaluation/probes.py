@@ -1,6 +1,7 @@
 """How much the latent codes know about the labels: k-NN and linear-probe accuracy, on in-memory
 tensors in batches."""
 
+import logging
 from pathlib import Path
 
 import torch
@@ -10,6 +11,9 @@ from aelab.data import to_float
 from aelab.data.batches import TensorImages
 from aelab.evaluation.cached import cached_numbers, digest
 from aelab.models import AutoencoderModule
+
+log = logging.getLogger(__name__)
+PIXEL_FLOATS_BYTES = 2**30  # the pixel baselines' float copy of the training images, at most
 
 
 @torch.no_grad()
@@ -75,11 +79,25 @@ def linear_probe_accuracy(
 
 
 def pixel_baselines(
-    train: TensorImages, test: TensorImages, k: int, cache_dir: str | Path, dataset: str
+    train: TensorImages,
+    test: TensorImages,
+    k: int,
+    cache_dir: str | Path,
+    dataset: str,
+    max_bytes: int = PIXEL_FLOATS_BYTES,
 ) -> dict[str, float]:
     """k-NN and linear-probe accuracy on raw pixels, the baselines the codes are read against:
     computed once per dataset and split (`<cache_dir>/probes/<dataset>-<key>.json`), since
-    every job of a sweep would otherwise repeat the same minutes of work."""
+    every job of a sweep would otherwise repeat the same minutes of work. Both hold the
+    training images as floats: beyond `max_bytes` of them (a folder larger than memory, CelebA)
+    they are skipped, with one line saying so."""
+    floats = 4 * train.images.numel()
+    if floats > max_bytes:
+        log.info(
+            f"No test/knn_acc_pixels, test/linear_acc_pixels: the {len(train)} training images "
+            f"would take {floats / 2**30:.1f} GiB as floats (the limit: {max_bytes / 2**30:.1f})"
+        )
+        return {}
 
     def compute() -> dict[str, float]:
         train_px, test_px = train.images.flatten(1).float(), test.images.flatten(1).float()

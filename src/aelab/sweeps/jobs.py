@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from aelab.config import newest_checkpoint
-from aelab.errors import AelabError, ConfigError, root_cause
+from aelab.errors import AelabError, ConfigError, Interrupted, root_cause
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
@@ -76,6 +77,9 @@ def recorded_value(record: dict, metric: str | None) -> float | None:
     return record["metrics"][metric] if record["status"] == "ok" else math.inf
 
 
+STOP_ASKED = threading.Event()  # a job of this process was interrupted: the sweep stops
+
+
 def run_sweep_job(
     cfg: DictConfig,
     fit_and_test: Callable[[DictConfig], dict[str, float]],
@@ -100,6 +104,10 @@ def run_sweep_job(
             " read back, not run again"
         )
         return recorded_value(done, cfg.get("optimized_metric"))
+    if STOP_ASKED.is_set():
+        message = f"job {record['job']} not started: this sweep was asked to stop"
+        log.warning(message)
+        raise Interrupted(message)
     if cfg.get("ckpt_path") is None and newest_checkpoint(job_dir / "checkpoints"):
         log.info(f"job {record['job']} was interrupted: resuming from its newest checkpoint")
         cfg.ckpt_path = "last"
@@ -111,6 +119,16 @@ def run_sweep_job(
         if value is not None and not math.isfinite(value):
             record |= {"status": "failed", "error": f"{cfg.optimized_metric} is {value}"}
             value = math.inf
+    except Interrupted as err:
+        # asked to stop (SIGTERM, SLURM's warning signal): the job keeps no record, so that a
+        # rerun resumes it from its checkpoint, and the jobs after it in this process do not
+        # start (Hydra's launcher would run them)
+        STOP_ASKED.set()
+        log.error(
+            f"job {record['job']} ({record['overrides']}) {err}; the sweep stops here: rerun "
+            "the same command to resume this job and run the rest"
+        )
+        raise
     except Exception as err:
         status = "pruned" if is_pruned(err) else "failed"
         record |= {"status": status, "metrics": {}, "error": one_line(err)}
