@@ -74,6 +74,12 @@ def test_results_command_writes_its_table_and_a_rerun_redoes_nothing(data_dir, t
     assert log.count("evaluated in an earlier run with the same settings") == 4, log[-3000:]
     assert output.read_text() == tables
 
+    output.write_text(kept + "<!-- end of table -->\n")  # the tables alone, from what is done
+    rewritten = run_python(*args, "tables_only=true")
+    assert rewritten.returncode == 0, rewritten.stderr[-3000:]
+    assert "finished in an earlier run" not in rewritten.stdout + rewritten.stderr
+    assert output.read_text() == tables
+
 
 def test_results_command_names_the_rows_of_its_table(tmp_path):
     result = run_python("-m", "aelab.results", "table=families", "only=[vae,iwea_k5]")

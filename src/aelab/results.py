@@ -201,7 +201,9 @@ def chosen_rows(cfg: DictConfig) -> list[str]:
 def shown_command(args: list[str]) -> str:
     """The command line as the docs show it: this machine's folders left out (`paths.*`), the
     data folder as a placeholder."""
-    shown = [a for a in args if not a.startswith(("paths.", "work_dir=", "output="))]
+    shown = [
+        a for a in args if not a.startswith(("paths.", "work_dir=", "output=", "tables_only="))
+    ]
     return " ".join(["python -m aelab.results", *shown, "paths.data_dir=/path/to/data"])
 
 
@@ -229,6 +231,10 @@ def results(cfg: DictConfig) -> Path:
     rows = chosen_rows(cfg)
     failed = []
     command_line = shown_command(sys.argv[1:])
+    if cfg.tables_only:
+        output = write_results(cfg, command_line)
+        print(f"Wrote {output}")
+        return output
     for dataset in cfg.table.datasets:  # one failure does not stop the others
         for row in rows:
             for step, command in (("training", train_command), ("evaluation", eval_command)):
