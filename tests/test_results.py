@@ -89,7 +89,7 @@ def test_results_command_names_the_rows_of_its_table(tmp_path):
         .splitlines()[-1]
         .endswith(
             "only=['vae', 'iwea_k5']: iwea_k5 is not a row of table=families; its rows: vae, "
-            "iwae_k5, iwae_k50, two_layer_vae, vae_z1, vampprior, wae, vqvae"
+            "iwae_k5, iwae_k50, two_layer_vae, vae_z1, vampprior, wae, vae_8d, wae_8d, vqvae"
         )
     )
 
