@@ -12,6 +12,7 @@ from aelab.errors import ConfigError
 from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
 from aelab.models import IWAE, VAE, VQVAE, WAE, TwoLayerVAE, VampPriorVAE
 from aelab.models.iwae import iw_bound
+from aelab.models.vampprior import diagonal_gaussians_log_density
 from aelab.models.vqvae import VectorQuantizer, perplexity
 from aelab.models.wae import mmd
 
@@ -64,6 +65,20 @@ def test_vampprior_with_one_pseudo_input_equal_to_x_has_no_kl():
     x = binary_images(1)
     model.pseudo_inputs.data.copy_(x)
     assert model.loss_terms(x, x)["kl"].abs() < 1e-5
+
+
+def test_the_expanded_gaussian_densities_match_torch_distributions_at_small_variances():
+    """The two-matrix-product form of log q(z|u_k), where its terms cancel most: codes near
+    their component's mean and variances down to e^-9."""
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(7, 5, generator=g) * 2, -9 * torch.rand(7, 5, generator=g)
+    z = mu[torch.tensor([0, 3, 3, 6])] + 0.01 * torch.randn(4, 5, generator=g)
+    normal = torch.distributions.Normal(mu.double(), (0.5 * logvar.double()).exp())
+    by_torch = normal.log_prob(z.double().unsqueeze(-2)).sum(-1)  # (4, 7)
+    ours = diagonal_gaussians_log_density(z, mu, logvar)
+    assert ours.shape == (4, 7) and ours.dtype == torch.float32
+    assert torch.allclose(ours.double(), by_torch, rtol=1e-6, atol=1e-3)
+    assert torch.allclose(torch.logsumexp(ours, -1).double(), torch.logsumexp(by_torch, -1))
 
 
 def test_vampprior_prior_is_the_mixture_of_the_pseudo_posteriors():

@@ -26,6 +26,22 @@ from aelab.models.vae import VAE, draw_normal, gaussian_log_density
 
 PSEUDO_INPUT_MEAN = 0.05  # the authors' initialisation of the pseudo-inputs for MNIST
 PSEUDO_INPUT_STD = 0.01
+LOG_2PI = math.log(2 * math.pi)
+
+
+def diagonal_gaussians_log_density(
+    z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
+    """log N(z; mu_k, diag exp(logvar_k)) of codes z (..., D) under each of K Gaussians (K, D),
+    shape (..., K). The square expanded, sum_d (z_d^2 - 2 z_d mu_kd + mu_kd^2) / var_kd, is two
+    matrix products instead of a (..., K, D) tensor of differences: the importance-weighted
+    likelihood draws thousands of codes per image. In float64, where the expanded terms
+    cancel (a small variance)."""
+    precision = torch.exp(-logvar).double()  # (K, D)
+    mu64, z64 = mu.double(), z.double()
+    constant = (mu64.pow(2) * precision + logvar.double()).sum(-1) + z.shape[-1] * LOG_2PI
+    square = z64.pow(2) @ precision.T - 2 * z64 @ (mu64 * precision).T + constant
+    return (-0.5 * square).to(z.dtype)
 
 
 class VampPriorVAE(VAE):
@@ -75,7 +91,7 @@ class VampPriorVAE(VAE):
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) = logsumexp_k log q(z|u_k) - log K, for codes (..., D)."""
         mu, logvar = self.posterior(self.pseudo_images())  # (K, D) each
-        per_component = gaussian_log_density(z.unsqueeze(-2), mu, logvar)  # (..., K)
+        per_component = diagonal_gaussians_log_density(z, mu, logvar)  # (..., K)
         return torch.logsumexp(per_component, dim=-1) - math.log(mu.shape[0])
 
     def sample(
