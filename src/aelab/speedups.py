@@ -1,9 +1,11 @@
-"""The one place where aelab works around Lightning's per-step costs (`speedups=true`).
+"""The one place where aelab relies on Lightning's internals: the workarounds of its per-step
+costs (`speedups=true`), and the batch count that exact mid-epoch resume needs (always).
 
-Each piece spares a cost that Lightning's public API offers no way around and that measured
+Each speed-up spares a cost that Lightning's public API offers no way around and that measured
 worth having on a CPU (docs/benchmarks.md has the figures); `speedups=false` trains as plain
 Lightning does, and `scripts/benchmark.py` times both. Each relies on something Lightning does
-internally, and tests/test_speedups.py fails loudly when an upgrade changes it.
+internally, and tests/test_speedups.py fails loudly when an upgrade changes it; so do the
+mid-epoch resume tests (tests/test_faults.py, tests/test_reliability.py) for `trained_batches`.
 """
 
 import os
@@ -114,3 +116,14 @@ def apply(trainer: L.Trainer, model: L.LightningModule) -> None:
     # Lightning's connectors set this Trainer attribute without declaring it
     skip_inherited_batch_hooks(trainer.callbacks)  # type: ignore[attr-defined]
     skip_hook_name_checks(model)
+
+
+def trained_batches(trainer: L.Trainer | None) -> int:
+    """Batches of the current epoch trained so far (Lightning's progress count, which it also
+    restores on resume), for the training batches' state in checkpoints; not a speed-up, so not
+    behind the switch. "processed": a checkpoint saved in `on_train_batch_end` comes before the
+    batch counts as completed."""
+    if trainer is None:
+        return 0
+    # the batch progress's `current` is a _ProcessedTracker; the loop declares its base class
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]

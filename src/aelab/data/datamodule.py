@@ -27,6 +27,7 @@ from aelab.data.folder import FolderSource
 from aelab.data.idx import incomplete_reason, read_idx, read_idx_shape
 from aelab.data.torchvision import TorchvisionSource
 from aelab.errors import ConfigError, DataError
+from aelab.speedups import trained_batches
 
 log = logging.getLogger(__name__)
 
@@ -426,15 +427,6 @@ class ImageDataModule(L.LightningDataModule):
         """Whether `device` is where the model runs (or no trainer says otherwise)."""
         return self.trainer is None or device == self.trainer.strategy.root_device
 
-    def _trained_batches(self) -> int:
-        """Batches of the current epoch trained so far (Lightning's progress count, which it
-        also restores on resume), for the training batches' state in checkpoints. "processed":
-        a checkpoint saved in `on_train_batch_end` comes before the batch counts as completed."""
-        if self.trainer is None:
-            return 0
-        # the batch progress's `current` is a _ProcessedTracker; the loop declares its base class
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
-
     def _loader(
         self,
         data: TensorImages | None,
@@ -475,9 +467,8 @@ class ImageDataModule(L.LightningDataModule):
             transform = DynamicBinarization(self.seed, sampler.epoch, then=transform)
         if train and self.augment:  # on whole chunks, where the data is
             transform = Augment(self.augment, self.seed, sampler.epoch, then=transform)
-        return Batches(
-            loader, transform=transform, trained=self._trained_batches if train else lambda: 0
-        )
+        trained = (lambda: trained_batches(self.trainer)) if train else (lambda: 0)
+        return Batches(loader, transform=transform, trained=trained)
 
     def train_dataloader(self) -> Batches:
         # `trainer.overfit_batches` (debug=overfit) wants the same first batches every epoch.
