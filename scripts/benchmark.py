@@ -350,7 +350,10 @@ def folder_row(args: argparse.Namespace) -> None:
             f"{result['peak_rss_bytes'] / 2**20:,.0f} MiB"
         )
     pngs = f"PNGs written in {written:.0f} s; " if written else ""
-    console.print(f"folder/idx: {ratio:.3f}; {pngs}cache built in {cache_seconds:.1f} s")
+    console.print(
+        f"folder/idx: {ratio:.3f}; {pngs}prepare_data (builds or checks the cache) in "
+        f"{cache_seconds:.1f} s"
+    )
     machine = f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     report = {"machine": machine, "torch": torch.__version__, "results": results}
     report |= {"folder_vs_idx": ratio, "png_seconds": written, "cache_seconds": cache_seconds}
