@@ -24,14 +24,16 @@ import lightning as L
 
 
 class SignalAt(L.Callback):
-    \"\"\"Stands for the operating system or SLURM: send `signal` to this process at `step`.\"\"\"
+    \"\"\"Stands for the operating system or SLURM: send `signal` to this process (or, `to`
+    parent, to the sweep that started this job's process) at `step`.\"\"\"
 
-    def __init__(self, step: int, signal: str) -> None:
+    def __init__(self, step: int, signal: str, to: str = "self") -> None:
         self.step, self.signum = step, getattr(signal_module, signal)
+        self.pid = os.getppid() if to == "parent" else os.getpid()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signum)
+            os.kill(self.pid, self.signum)
 
 
 signal_module = signal
@@ -64,11 +66,12 @@ def signal_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO / 'src'}", **extra}
 
 
-def signal_args(signame: str) -> list[str]:
+def signal_args(signame: str, to: str = "self") -> list[str]:
     return [
         "+callbacks.signal_at._target_=signal_at.SignalAt",
         f"+callbacks.signal_at.step={STEP}",
         f"+callbacks.signal_at.signal={signame}",
+        f"+callbacks.signal_at.to={to}",
     ]
 
 
@@ -120,6 +123,42 @@ def test_sigterm_stops_a_sweep_and_each_rerun_resumes_the_interrupted_job(data_d
     log = third.stdout + third.stderr
     assert "job 0 finished in an earlier run of this sweep (ok)" in log
     assert "job 1 was interrupted: resuming from its newest checkpoint" in log
+    assert json.loads((sweep / "1" / "result.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_of_job_processes_sent_to_a_job_or_to_the_sweep(data_dir, tmp_path):
+    """hydra/launcher=joblib, each job in a process of its own: a job stopped by SIGTERM means
+    no later job starts, and SIGTERM sent to the sweep reaches the running job (nothing is left
+    running on its own); the stopped jobs keep no record and each rerun resumes them."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", *args_for(data_dir)]
+    args += ["seed=1,2", f"hydra.sweep.dir={sweep}"]
+    env = signal_env(tmp_path)
+    first = run_train(*args, *signal_args("SIGTERM"), env=env)  # job 0 is sent SIGTERM
+    assert first.returncode == 1
+    log = first.stdout + first.stderr
+    assert f"stopped by SIGTERM at step {STEP}" in log
+    assert "job 1 not started: this sweep was asked to stop" in log
+    assert not any((sweep / job / "result.json").exists() for job in "01")
+    assert (sweep / "0" / "checkpoints" / "interrupted.ckpt").is_file()
+    assert not (sweep / "1" / "checkpoints").exists()
+
+    # job 0 resumes past the signal's step and finishes; at job 1's, the sweep is sent SIGTERM
+    second = run_train(*args, *signal_args("SIGTERM", to="parent"), env=env)
+    assert second.returncode == 1
+    log = second.stdout + second.stderr
+    assert "job 0 was interrupted: resuming from its newest checkpoint" in log
+    assert "SIGTERM: the running jobs stop after a checkpoint" in log
+    assert json.loads((sweep / "0" / "result.json").read_text())["status"] == "ok"
+    assert not (sweep / "1" / "result.json").exists()
+    assert (sweep / "1" / "checkpoints" / "interrupted.ckpt").is_file()
+
+    third = run_train(*args, *signal_args("SIGTERM", to="parent"), env=env)  # past the step
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "job 1 was interrupted: resuming from its newest checkpoint" in (
+        third.stdout + third.stderr
+    )
     assert json.loads((sweep / "1" / "result.json").read_text())["status"] == "ok"
 
 

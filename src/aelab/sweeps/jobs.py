@@ -80,6 +80,13 @@ def recorded_value(record: dict, metric: str | None) -> float | None:
 STOP_ASKED = threading.Event()  # a job of this process was interrupted: the sweep stops
 
 
+def not_started(job: int) -> Interrupted:
+    """The error of a job that a sweep asked to stop does not start (logged once here)."""
+    message = f"job {job} not started: this sweep was asked to stop"
+    log.warning(message)
+    return Interrupted(message)
+
+
 def run_sweep_job(
     cfg: DictConfig,
     fit_and_test: Callable[[DictConfig], dict[str, float]],
@@ -105,9 +112,7 @@ def run_sweep_job(
         )
         return recorded_value(done, cfg.get("optimized_metric"))
     if STOP_ASKED.is_set():
-        message = f"job {record['job']} not started: this sweep was asked to stop"
-        log.warning(message)
-        raise Interrupted(message)
+        raise not_started(hydra_cfg.job.num)
     if cfg.get("ckpt_path") is None and newest_checkpoint(job_dir / "checkpoints"):
         log.info(f"job {record['job']} was interrupted: resuming from its newest checkpoint")
         cfg.ckpt_path = "last"

@@ -5,11 +5,18 @@ hydra-joblib-launcher: joblib's worker pool breaks when the operating system kil
 (the OOM killer's SIGKILL), ends the whole sweep with `TerminatedWorkerError` and kills the jobs
 running beside it. Here every job is a fresh spawned process watched by a thread: one that dies
 is recorded as failed with its signal, and the other jobs run on.
+
+SIGTERM (`kill`, a preempted node, `python -m aelab.results` stopped) is a request to stop, as in
+a sweep of one process (`aelab.sweeps.jobs`): sent to the sweep, it is passed on to the running
+jobs, which save a checkpoint and stop without a record; a job stopped by it, sent to the sweep or
+to the job, means no later job starts. The rerun of the same command resumes them.
 """
 
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +31,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from aelab.errors import ConfigError
-from aelab.sweeps.jobs import killed_record, recorded_value, write_record
+from aelab.errors import ConfigError, Interrupted
+from aelab.sweeps.jobs import killed_record, not_started, recorded_value, write_record
 
 log = logging.getLogger(__name__)
 # hydra-joblib-launcher's schema, which Hydra merges into this config when that plugin is
@@ -87,6 +94,9 @@ class ProcessLauncher(Launcher):
         if n_jobs == 0 or n_jobs < -1:
             raise ConfigError(f"hydra.launcher.n_jobs={n_jobs}: a positive number, or -1")
         self.n_jobs = n_jobs if n_jobs > 0 else os.cpu_count() or 1
+        self.stopping = threading.Event()  # set by SIGTERM, or a job that it stopped
+        self.running: set[multiprocessing.process.BaseProcess] = set()
+        self.lock = threading.Lock()
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -103,12 +113,27 @@ class ProcessLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs, {self.n_jobs} at a time, in {sweep_dir}")
         state = Singleton.get_state()
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="aelab-job") as pool:
-            return list(pool.map(lambda job: self.run(job[0], job[1], state), jobs))
+        self.stopping.clear()
+        previous = signal.signal(signal.SIGTERM, self.stop)
+        try:
+            with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="aelab-job") as pool:
+                return list(pool.map(lambda job: self.run(job[0], job[1], state), jobs))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def stop(self, signum: int, frame: object) -> None:
+        """SIGTERM to the sweep: the running jobs get it too, and no later job starts."""
+        log.warning("SIGTERM: the running jobs stop after a checkpoint; the others do not start")
+        self.stopping.set()
+        with self.lock:
+            for process in self.running:
+                process.terminate()
 
     def run(self, idx: int, overrides: list[str], singleton_state: dict) -> JobReturn:
         """Run job `idx` in a new process and wait for it; a process that dies without an
         answer (killed) becomes a failed job, recorded in its folder."""
+        if self.stopping.is_set():
+            return self.job_return(idx, overrides, JobStatus.FAILED, not_started(idx))
         log.info(f"\t#{idx} : {' '.join(overrides)}")
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
@@ -117,32 +142,75 @@ class ProcessLauncher(Launcher):
         )
         start = time.perf_counter()
         process = context.Process(target=run_in_child, args=(payload, send), name=f"job-{idx}")
-        process.start()
+        with self.lock:
+            process.start()
+            self.running.add(process)
+        if self.stopping.is_set():  # SIGTERM came between the check above and the start
+            process.terminate()
         send.close()  # the child holds the only writer: its death ends the wait below
         try:
             answer = receive.recv_bytes()
         except EOFError:
             answer = None
         process.join()
+        with self.lock:
+            self.running.discard(process)
         if answer is not None:
-            return cloudpickle.loads(answer)
+            ret = cloudpickle.loads(answer)
+            if stopped(ret):
+                self.stopping.set()
+            return ret
+        # join() has returned: the exit code is set
+        exitcode: int = process.exitcode  # type: ignore[assignment]
+        if exitcode == -signal.SIGTERM:  # stopped before its own handler was in place
+            self.stopping.set()
+            message = f"job {idx} stopped by SIGTERM before training; rerun to run it"
+            return self.job_return(idx, overrides, JobStatus.FAILED, Interrupted(message))
         sweep_config = job_config(self.hydra_context, self.config, idx, overrides)
-        job_dir = Path(sweep_config.hydra.sweep.dir) / str(sweep_config.hydra.sweep.subdir)
         record = killed_record(
-            idx,
-            list(sweep_config.hydra.overrides.task),
-            # join() has returned: the exit code is set
-            process.exitcode,  # type: ignore[arg-type]
-            time.perf_counter() - start,
+            idx, list(sweep_config.hydra.overrides.task), exitcode, time.perf_counter() - start
         )
-        write_record(job_dir, record)
+        write_record(job_folder(sweep_config), record)
         log.error(f"job {idx} ({record['overrides']}) failed: {record['error']}")
+        value = recorded_value(record, sweep_config.get("optimized_metric"))
+        return self.job_return(idx, overrides, JobStatus.COMPLETED, value, sweep_config)
+
+    def job_return(
+        self,
+        idx: int,
+        overrides: list[str],
+        status: JobStatus,
+        value: Any,
+        sweep_config: DictConfig | None = None,
+    ) -> JobReturn:
+        """What Hydra's own launchers return for a job whose process sent no answer: `value`
+        is the sweeper's value, or the exception that Hydra raises for a failed job."""
+        if sweep_config is None:
+            sweep_config = job_config(self.hydra_context, self.config, idx, overrides)
         return JobReturn(
             overrides=overrides,
             cfg=sweep_config,
             hydra_cfg=sweep_config,
-            working_dir=str(job_dir),
+            working_dir=str(job_folder(sweep_config)),
             task_name=sweep_config.hydra.job.name,
-            status=JobStatus.COMPLETED,
-            _return_value=recorded_value(record, sweep_config.get("optimized_metric")),
+            status=status,
+            _return_value=value,
         )
+
+
+def job_folder(sweep_config: DictConfig) -> Path:
+    """The job's own folder, where its record goes."""
+    return Path(sweep_config.hydra.sweep.dir) / str(sweep_config.hydra.sweep.subdir)
+
+
+def stopped(ret: JobReturn) -> bool:
+    """Whether the job was stopped by SIGTERM (Hydra raises a failed job's exception)."""
+    if ret.status is not JobStatus.FAILED:
+        return False
+    try:
+        ret.return_value  # noqa: B018 (raises the job's exception)
+    except Interrupted:
+        return True
+    except Exception:
+        return False
+    return False
