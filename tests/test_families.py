@@ -121,6 +121,39 @@ def test_two_layer_log_weights_cover_both_layers():
     assert nll == pytest.approx(PIXELS * math.log(2), rel=1e-5)
 
 
+def test_two_layer_log_weights_match_torch_distributions_with_random_weights():
+    """Each of the five densities of log w, written with torch.distributions from the same
+    draws (the zero-weight test above cannot see a swapped mean and variance or a wrong layer)."""
+    from torch.distributions import Bernoulli, Independent, Normal
+
+    torch.manual_seed(3)
+    model = TwoLayerVAE(SHAPE, latent_dim=3, top_latent_dim=2, top_hidden_dims=[4], net=MLP8)
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.5)
+    x = binary_images(3)
+    torch.manual_seed(4)
+    log_w = model.log_importance_weights(x, 5)
+
+    def normal(mu, logvar):
+        return Independent(Normal(mu, (0.5 * logvar).exp()), 1)
+
+    torch.manual_seed(4)  # the same draws, in the model's order: eps1, then eps2
+    mu1, logvar1 = model.posterior(x)
+    z1 = mu1 + (0.5 * logvar1).exp() * torch.randn(5, *mu1.shape)
+    mu2, logvar2 = model.up(z1)
+    z2 = mu2 + (0.5 * logvar2).exp() * torch.randn_like(mu2)
+    logits = model.net.decoder(z1.flatten(0, 1)).unflatten(0, (5, 3))
+    expected = (
+        Independent(Bernoulli(logits=logits), 3).log_prob(x.expand(5, *x.shape))
+        + normal(*model.down(z2)).log_prob(z1)
+        + Independent(Normal(torch.zeros(2), torch.ones(2)), 1).log_prob(z2)
+        - normal(mu1, logvar1).log_prob(z1)
+        - normal(mu2, logvar2).log_prob(z2)
+    )
+    assert log_w.shape == (5, 3)
+    assert torch.allclose(log_w, expected, atol=1e-4)
+
+
 def test_two_layer_objectives():
     x = binary_images(6)
     torch.manual_seed(0)
