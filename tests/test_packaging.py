@@ -4,6 +4,7 @@ folder that has nothing to do with this repository."""
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 
 import pytest
@@ -28,7 +29,7 @@ def test_a_wheel_installed_without_e_trains_from_an_unrelated_folder(data_dir, t
             "--no-build-isolation",
             "--wheel-dir",
             str(wheels),
-            str(REPO),
+            str(source),
         ],
         capture_output=True,
         text=True,
@@ -45,11 +46,16 @@ def test_a_wheel_installed_without_e_trains_from_an_unrelated_folder(data_dir, t
     } <= names
     assert "aelab/configs/hydra/sweeper/pruner/median.yaml" in names
 
-    # a fresh environment that sees this one's packages (torch is not installed again) but
-    # holds its own, non-editable aelab, which comes first on its path
+    # a fresh environment that sees this one's packages through a .pth file (torch is not
+    # installed again; whether this one is a venv or the system's Python) but holds its own,
+    # non-editable aelab, which comes first on its path: a .pth line only appends a folder, so
+    # this environment's editable aelab (a finder registered by its own .pth) stays out
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    (inner,) = (venv / "lib").glob("python3*/site-packages")
+    outer = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (inner / "outer-environment.pth").write_text("".join(f"{path}\n" for path in sorted(outer)))
     install = subprocess.run(
         [python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
         capture_output=True,
