@@ -1,7 +1,11 @@
 """Evaluation from a checkpoint, latent and likelihood metrics, generated PNGs."""
 
+import csv
 import io
+import json
 import logging
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -78,6 +82,26 @@ def test_importance_weighted_nll_bounds_the_elbo():
     assert nll_k < elbo_loss  # the IW bound is tighter
 
 
+# A sitecustomize.py that makes torch-fidelity look uninstalled, to its importers and to the
+# package metadata torchmetrics reads
+HIDE_TORCH_FIDELITY = """
+import importlib.metadata as metadata
+import sys
+
+sys.modules["torch_fidelity"] = None
+found, found_version = metadata.distribution, metadata.version
+
+
+def hidden(name):
+    if name.lower().replace("-", "_") == "torch_fidelity":
+        raise metadata.PackageNotFoundError(name)
+
+
+metadata.distribution = lambda name: hidden(name) or found(name)
+metadata.version = lambda name: hidden(name) or found_version(name)
+"""
+
+
 @pytest.fixture(scope="module")
 def trained_run(data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
@@ -126,6 +150,14 @@ def test_per_epoch_pngs(trained_run):
 @pytest.mark.slow
 def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_dir, tmp_path):
     best = next(p for p in (trained_run / "checkpoints").iterdir() if p.name.startswith("epoch_"))
+    # as after a plain `pip install aelab`: torch-fidelity (the `fid` extra) cannot be imported
+    hide = tmp_path / "no_fid"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_TORCH_FIDELITY)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")]),
+    }
     # no data folder given: the run's own (from its config.yaml), from another working folder
     result = run_python(
         "-m",
@@ -134,6 +166,7 @@ def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_d
         "iw_samples=20",
         f"hydra.run.dir={tmp_path}",
         cwd=tmp_path,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     trained = _scalars(trained_run / "tensorboard")
@@ -154,12 +187,28 @@ def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_d
         assert name in evaluated and name in result.stdout
     assert 0 < evaluated["test/nll_iw"] < evaluated["test/loss"] + 1
     assert evaluated["test/fd_classifier"] > 0 and 0 <= evaluated["test/precision"] <= 1
-    # offline, without a weight file: one line says why there is no Inception FID
-    assert "test/fid" not in evaluated
+    # without torch-fidelity: one line says how to have the Inception FID, and no traceback
+    assert "test/fid" not in evaluated and "Traceback" not in result.stderr
     output = (result.stdout + result.stderr).splitlines()
     (skipped,) = [line for line in output if "test/fid skipped" in line]
-    assert "sample_metrics.inception_weights=PATH" in skipped
+    assert "torch-fidelity is not installed" in skipped and "aelab[fid]" in skipped
     assert 0 <= evaluated["test/knn_acc"] <= 1
+    # the metrics and what they came from, in files beside the events
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["metrics"]["test/loss"] == pytest.approx(evaluated["test/loss"], abs=1e-6)
+    assert record["settings"]["iw_samples"] == 20 and record["settings"]["checkpoint"] == str(best)
+    assert record["settings"]["classifier_recipe"]["epochs"] > 0
+    assert record["metrics"]["test/classifier_acc"] == pytest.approx(
+        evaluated["test/classifier_acc"]
+    )
+    rows = dict(csv.reader(io.StringIO((tmp_path / "metrics.csv").read_text())))
+    assert set(rows) == {"metric"} | set(record["metrics"])
+    # every phase said when it started and how long it took (no terminal: lines, not bars)
+    log_text = result.stdout + result.stderr
+    for name in ("latent codes", "k-NN on codes", "test/nll_iw K=20", "generating"):
+        assert f"{name}: " in log_text and re.search(
+            f"{re.escape(name)}: .* in [0-9.]+ s", log_text
+        )
     images, projector = _latent_pictures(tmp_path / "tensorboard")
     assert {"latent/scatter", "latent/interpolation", "latent/traversal"} <= images
     assert "latent/test_codes" in projector
@@ -215,15 +264,19 @@ def test_prior_samples_need_no_data(trained_run, tmp_path):
 def model_leaves_its_device_at_teardown(monkeypatch):
     """A stand-in for a GPU: Lightning's teardown moves the model off the device it ran on (to
     the CPU, on a GPU machine); here to `meta`, where no metric can be computed. Code that used
-    the model after teardown would fail."""
+    the model after teardown would fail. Only the autoencoder leaves: the feature classifier,
+    trained by a Trainer of its own when no earlier test cached it, is moved back to its device
+    by the code, which `meta` could not stand in for."""
     from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from aelab.models import AutoencoderModule
 
     teardown = SingleDeviceStrategy.teardown
 
     def teardown_off_device(self):
         module = self.lightning_module
         teardown(self)
-        if module is not None:
+        if isinstance(module, AutoencoderModule):
             module.to("meta")
 
     monkeypatch.setattr(SingleDeviceStrategy, "teardown", teardown_off_device)

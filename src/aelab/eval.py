@@ -38,24 +38,17 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """All test metrics of the checkpoint `cfg.ckpt_path`."""
+    """All test metrics of the checkpoint `cfg.ckpt_path`, printed and written to
+    `metrics.json` and `metrics.csv` in this evaluation's folder."""
     import lightning as L
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
     from aelab.evaluation.pictures import log_latent_pictures
-    from aelab.evaluation.probes import (
-        knn_accuracy,
-        latent_codes,
-        linear_probe_accuracy,
-        pixel_baselines,
-    )
+    from aelab.evaluation.progress import phase
     from aelab.evaluation.reconstruction import reconstruction_mse
     from aelab.evaluation.runs import load_run
     from aelab.models.vae import DISCRETE, bits_per_dim
-    from aelab.sweeps.table import number
     from aelab.train import instantiate_all, quiet_lightning_console
 
     weights = cfg.sample_metrics.inception_weights
@@ -75,28 +68,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # The slow metrics first, on the Trainer's device: after `test`, Lightning's teardown moves
     # the model back to the CPU.
     model.to(trainer.strategy.root_device)
-    metrics: dict[str, float] = {}
-    train, test = datamodule.train_set, datamodule.test_set
-    if datamodule.classes is None:
-        log.info("The data has no labels: no test/knn_acc, test/linear_acc (nor on pixels)")
-    else:
-        train_y, test_y = train.labels.cpu(), test.labels.cpu()
-        train_z, test_z = latent_codes(model, train.images), latent_codes(model, test.images)
-        metrics["test/knn_acc"] = knn_accuracy(train_z, train_y, test_z, test_y, cfg.knn_k)
-        metrics["test/linear_acc"] = linear_probe_accuracy(train_z, train_y, test_z, test_y)
-        dataset = run.config.data.dataset
-        metrics |= pixel_baselines(train, test, cfg.knn_k, cfg.paths.cache_dir, dataset)
+    test = datamodule.test_set
+    metrics = code_metrics(cfg, model, datamodule, run.config.data.dataset)
     metrics["test/recon_mse"] = reconstruction_mse(model, test.images)
     if isinstance(model, ImportanceWeighted) and cfg.iw_samples > 0:
-        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        with (
+            torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []),
+            phase(f"test/nll_iw K={cfg.iw_samples}", len(test)) as advance,
+        ):
             torch.manual_seed(cfg.seed)
             metrics["test/nll_iw"] = importance_weighted_nll(
-                model, test.images, cfg.iw_samples, progress=True
+                model, test.images, cfg.iw_samples, advance=advance
             )
         if getattr(model, "likelihood", None) in DISCRETE:  # bits/dim from the same estimate
             dims = math.prod(test.images.shape[1:])
             metrics["test/bpd_iw"] = bits_per_dim(metrics["test/nll_iw"], dims)
-    metrics |= sample_metrics(cfg, model, datamodule, run.config.data.dataset)
+    settings: dict = {}
+    metrics |= sample_metrics(cfg, model, datamodule, run.config.data.dataset, settings)
     log_latent_pictures(loggers, model, datamodule, step=0)
     trainer.test(model, datamodule=datamodule)
     metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -104,19 +92,93 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_metrics(metrics, step=0)
         lg.finalize("success")
-    table = Table(title=f"{run.config.model._target_.rsplit('.', 1)[-1]} from {cfg.ckpt_path}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name in sorted(metrics):
-        table.add_row(name, number(metrics[name]))
-    Console().print(table)
+    name = run.config.model._target_.rsplit(".", 1)[-1]
+    show_and_write(cfg, name, metrics, settings)
     return metrics
 
 
-def sample_metrics(cfg: DictConfig, model, datamodule, dataset: str) -> dict[str, float]:
+def code_metrics(cfg: DictConfig, model, datamodule, dataset: str) -> dict[str, float]:
+    """k-NN and linear-probe accuracy of the latent codes, beside the same on pixels."""
+    from aelab.evaluation.probes import (
+        PROBE_EVALUATIONS,
+        knn_accuracy,
+        latent_codes,
+        linear_probe_accuracy,
+        pixel_baselines,
+    )
+    from aelab.evaluation.progress import phase
+
+    if datamodule.classes is None:
+        log.info("The data has no labels: no test/knn_acc, test/linear_acc (nor on pixels)")
+        return {}
+    train, test = datamodule.train_set, datamodule.test_set
+    train_y, test_y = train.labels.cpu(), test.labels.cpu()
+    with phase("latent codes", len(train) + len(test)) as advance:
+        train_z = latent_codes(model, train.images, advance=advance)
+        test_z = latent_codes(model, test.images, advance=advance)
+    metrics = {}
+    with phase("k-NN on codes", len(test), "test images") as advance:
+        metrics["test/knn_acc"] = knn_accuracy(train_z, train_y, test_z, test_y, cfg.knn_k, advance)
+    with phase("linear probe on codes", PROBE_EVALUATIONS, "L-BFGS evaluations at most") as advance:
+        metrics["test/linear_acc"] = linear_probe_accuracy(
+            train_z, train_y, test_z, test_y, advance=advance
+        )
+    return metrics | pixel_baselines(train, test, cfg.knn_k, cfg.paths.cache_dir, dataset)
+
+
+METRICS_CSV = "metrics.csv"  # beside METRICS_FILE (metrics.json) in an evaluation's folder
+
+
+def show_and_write(cfg: DictConfig, model_name: str, metrics: dict, settings: dict) -> None:
+    """The metrics as a table on screen and, with the settings that produced them, as
+    `metrics.json` and `metrics.csv` in this evaluation's folder."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from aelab.checkpoints import write_atomically
+    from aelab.config import METRICS_FILE
+    from aelab.sweeps.table import number
+
+    folder = Path(cfg.paths.output_dir)
+    settings = (
+        {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "model": model_name}
+        | {
+            key: OmegaConf.to_container(cfg[key]) if isinstance(cfg[key], DictConfig) else cfg[key]
+            for key in ("iw_samples", "knn_k", "seed", "sample_metrics")
+        }
+        | settings
+    )
+    record = {"settings": settings, "metrics": dict(sorted(metrics.items()))}
+    write_atomically(folder / METRICS_FILE, json.dumps(record, indent=2).encode())
+    rows = pd.DataFrame(
+        {"metric": list(record["metrics"]), "value": list(record["metrics"].values())}
+    )
+    write_atomically(folder / METRICS_CSV, rows.to_csv(index=False).encode())
+    table = Table(title=model_name)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in record["metrics"].items():
+        table.add_row(name, number(value))
+    console = Console()
+    console.print(table)
+    # paths unwrapped (the terminal folds them where it must, never Rich mid-word)
+    console.print(f"checkpoint: {settings['checkpoint']}", soft_wrap=True, highlight=False)
+    console.print(
+        f"written to: {folder / METRICS_FILE}, {METRICS_CSV}", soft_wrap=True, highlight=False
+    )
+
+
+def sample_metrics(
+    cfg: DictConfig, model, datamodule, dataset: str, settings: dict
+) -> dict[str, float]:
     """Sample quality of a model that generates, in its dataset's classifier features (and
-    Inception's when its weights can be had); nothing for a model that cannot generate."""
+    Inception's when its weights can be had); nothing for a model that cannot generate. What the
+    numbers depend on beyond the config (the classifier's recipe) goes into `settings`."""
+    from dataclasses import asdict
+
     from aelab.evaluation.classifier import Recipe, feature_classifier
+    from aelab.evaluation.progress import phase
     from aelab.evaluation.samples import (
         can_generate,
         frechet_distance,
@@ -133,18 +195,24 @@ def sample_metrics(cfg: DictConfig, model, datamodule, dataset: str) -> dict[str
         return {}
     train, test = datamodule.train_set, datamodule.test_set
     recipe = Recipe(epochs=opts.classifier_epochs)
+    settings["classifier_recipe"] = asdict(recipe)
     classifier, accuracy = feature_classifier(
         train, test, cfg.paths.cache_dir, dataset, recipe, cfg.accelerator
     )
     classifier.to(model.device)
     count = min(opts.count, len(test))
     real = test.images[:count]
-    fake = generated_images(model, train.images, count, cfg.seed, opts.mixture_components)
-    precision, recall = precision_recall(
-        classifier.features(real), classifier.features(fake), opts.nearest_k
-    )
-    metrics = {"test/classifier_acc": accuracy, "test/precision": precision, "test/recall": recall}
-    metrics["test/fd_classifier"] = frechet_distance(classifier, real, fake)
+    with phase("generating", count) as advance:
+        fake = generated_images(
+            model, train.images, count, cfg.seed, opts.mixture_components, advance=advance
+        )
+    with phase("precision, recall, Fréchet distance", 2 * count) as advance:
+        real_features, fake_features = classifier.features(real), classifier.features(fake)
+        precision, recall = precision_recall(real_features, fake_features, opts.nearest_k)
+        metrics = {"test/classifier_acc": accuracy, "test/precision": precision}
+        metrics["test/recall"] = recall
+        metrics["test/fd_classifier"] = frechet_distance(classifier, real, fake)
+        advance(2 * count)
     if opts.inception:
         fid = inception_fid(real, fake, opts.inception_weights, model.device)
         if fid is not None:

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -46,7 +47,12 @@ def instantiate_all(group: DictConfig | None) -> list:
 
 def quiet_lightning_console() -> None:
     """Send Lightning's messages through Hydra's log handlers only (it adds its own console
-    handler on import, which prints every line twice), minus its advertisement for LitLogger."""
+    handler on import, which prints every line twice), minus its advertisement for LitLogger
+    and the FutureWarning that torch 2.14 raises at every run inside Lightning's own
+    `_pytree.py` (LeafSpec; nothing a user of Lightning can change)."""
+    warnings.filterwarnings(
+        "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+    )
     lightning_logger = logging.getLogger("lightning")
     if logging.getLogger().hasHandlers():
         lightning_logger.handlers.clear()
@@ -284,9 +290,9 @@ def optimized(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 
 def absolute_paths(cfg: DictConfig) -> None:
-    """Make the data and log folders absolute, so that the saved run config points to them
-    from anywhere (aelab.eval run from another folder reads the same data)."""
-    for key in ("data_dir", "log_dir"):
+    """Make the data, log and cache folders absolute, so that the saved run config points to
+    them from anywhere (aelab.eval run from another folder reads the same data)."""
+    for key in ("data_dir", "log_dir", "cache_dir"):
         cfg.paths[key] = str(Path(cfg.paths[key]).expanduser().absolute())
 
 

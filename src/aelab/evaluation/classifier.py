@@ -24,6 +24,7 @@ from aelab.data import to_float
 from aelab.data.batches import TensorImages
 from aelab.errors import DataError
 from aelab.evaluation.cached import digest
+from aelab.evaluation.progress import Advance, phase
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,16 @@ class Shuffled(Sampler[torch.Tensor]):
         return -(-self.size // self.batch_size)
 
 
+class Advancing(L.Callback):
+    """Moves an evaluation phase's progress by one per training batch."""
+
+    def __init__(self, advance: Advance) -> None:
+        self.advance = advance
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.advance(1)
+
+
 def feature_classifier(
     train: TensorImages,
     test: TensorImages,
@@ -150,9 +161,10 @@ def feature_classifier(
             ) from err
         return model, model.accuracy(test.images, test.labels)
     log.info(f"Training the {dataset} feature classifier once ({recipe.epochs} epochs) -> {path}")
-    with torch.random.fork_rng():
+    sampler = Shuffled(len(train), recipe.batch_size, recipe.seed)
+    name = f"training the {dataset} feature classifier"
+    with torch.random.fork_rng(), phase(name, recipe.epochs * len(sampler), "batches") as advance:
         torch.manual_seed(recipe.seed)
-        sampler = Shuffled(len(train), recipe.batch_size, recipe.seed)
         trainer = L.Trainer(
             max_epochs=recipe.epochs,
             accelerator=accelerator,
@@ -162,6 +174,7 @@ def feature_classifier(
             enable_progress_bar=False,
             enable_model_summary=False,
             deterministic=True,
+            callbacks=[Advancing(advance)],
         )
         trainer.fit(model, DataLoader(train, sampler=sampler, batch_size=None))
     accuracy = model.to(trainer.strategy.root_device).accuracy(test.images, test.labels)

@@ -11,9 +11,9 @@ import math
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aelab.data import to_float
+from aelab.evaluation.progress import Advance, no_progress
 
 
 @runtime_checkable
@@ -33,7 +33,7 @@ def importance_weighted_nll(
     images: torch.Tensor,
     samples: int = 5000,
     batch_elements: int = 8192,
-    progress: bool = False,
+    advance: Advance = no_progress,
 ) -> float:
     """-log p(x) in nats per image, the K = `samples` bound averaged over `images` (uint8).
 
@@ -45,24 +45,15 @@ def importance_weighted_nll(
     per_batch = max(1, batch_elements // samples)
     chunk = max(1, batch_elements // per_batch)
     total = 0.0
-    columns = (
-        TextColumn("test/nll_iw K={task.fields[k]}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} images"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("nll_iw", total=len(images), k=samples)
-        for batch in images.split(per_batch):
-            x = to_float(batch.to(model.device))
-            log_w = torch.cat(
-                [
-                    model.log_importance_weights(x, min(chunk, samples - start))
-                    for start in range(0, samples, chunk)
-                ]
-            )
-            log_px = torch.logsumexp(log_w, dim=0) - math.log(samples)
-            total -= log_px.sum().item()
-            bar.advance(task, len(batch))
+    for batch in images.split(per_batch):
+        x = to_float(batch.to(model.device))
+        log_w = torch.cat(
+            [
+                model.log_importance_weights(x, min(chunk, samples - start))
+                for start in range(0, samples, chunk)
+            ]
+        )
+        log_px = torch.logsumexp(log_w, dim=0) - math.log(samples)
+        total -= log_px.sum().item()
+        advance(len(batch))
     return total / len(images)

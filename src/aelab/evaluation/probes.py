@@ -10,24 +10,29 @@ import torch.nn.functional as F
 from aelab.data import to_float
 from aelab.data.batches import TensorImages
 from aelab.evaluation.cached import cached_numbers, digest
+from aelab.evaluation.progress import Advance, no_progress, phase
 from aelab.models import AutoencoderModule
 
 log = logging.getLogger(__name__)
 PIXEL_FLOATS_BYTES = 2**30  # the pixel baselines' float copy of the training images, at most
+PROBE_STEPS = 100  # L-BFGS iterations of the linear probe
+PROBE_EVALUATIONS = PROBE_STEPS * 5 // 4  # at most: torch's L-BFGS default max_eval
 
 
 @torch.no_grad()
 def latent_codes(
-    model: AutoencoderModule, images: torch.Tensor, batch_size: int = 1024
+    model: AutoencoderModule,
+    images: torch.Tensor,
+    batch_size: int = 1024,
+    advance: Advance = no_progress,
 ) -> torch.Tensor:
     """The code of every image (the posterior mean for a VAE), on the CPU."""
     model.eval()
-    return torch.cat(
-        [
-            model.encode(to_float(b.to(model.device))).flatten(1).cpu()
-            for b in images.split(batch_size)
-        ]
-    )
+    codes = []
+    for batch in images.split(batch_size):
+        codes.append(model.encode(to_float(batch.to(model.device))).flatten(1).cpu())
+        advance(len(batch))
+    return torch.cat(codes)
 
 
 @torch.no_grad()
@@ -37,6 +42,7 @@ def knn_accuracy(
     test_x: torch.Tensor,
     test_y: torch.Tensor,
     k: int = 10,
+    advance: Advance = no_progress,
 ) -> float:
     """Accuracy of a k-nearest-neighbour vote (Euclidean distance) fitted on the training set."""
     train_x, test_x = train_x.float(), test_x.float()
@@ -44,6 +50,7 @@ def knn_accuracy(
     for chunk in test_x.split(512):
         nearest = torch.cdist(chunk, train_x).topk(k, largest=False).indices
         votes.append(torch.mode(train_y[nearest], dim=1).values)
+        advance(len(chunk))
     return (torch.cat(votes) == test_y).float().mean().item()
 
 
@@ -52,8 +59,9 @@ def linear_probe_accuracy(
     train_y: torch.Tensor,
     test_x: torch.Tensor,
     test_y: torch.Tensor,
-    steps: int = 100,
+    steps: int = PROBE_STEPS,
     weight_decay: float = 1e-4,
+    advance: Advance = no_progress,
 ) -> float:
     """Accuracy of multinomial logistic regression on standardised features (full-batch L-BFGS,
     deterministic), fitted on the training set."""
@@ -71,6 +79,7 @@ def linear_probe_accuracy(
         optimizer.zero_grad()
         loss = F.cross_entropy(linear(train_x), train_y) + weight_decay * linear.weight.pow(2).sum()
         loss.backward()
+        advance(1)
         return loss
 
     optimizer.step(closure)
@@ -102,12 +111,15 @@ def pixel_baselines(
     def compute() -> dict[str, float]:
         train_px, test_px = train.images.flatten(1).float(), test.images.flatten(1).float()
         train_y, test_y = train.labels.cpu(), test.labels.cpu()
-        return {
-            "test/knn_acc_pixels": knn_accuracy(train_px.cpu(), train_y, test_px.cpu(), test_y, k),
-            "test/linear_acc_pixels": linear_probe_accuracy(
-                train_px.cpu(), train_y, test_px.cpu(), test_y
-            ),
-        }
+        with phase("k-NN on pixels", len(test), "test images") as advance:
+            knn = knn_accuracy(train_px.cpu(), train_y, test_px.cpu(), test_y, k, advance)
+        with phase(
+            "linear probe on pixels", PROBE_EVALUATIONS, "L-BFGS evaluations at most"
+        ) as advance:
+            probe = linear_probe_accuracy(
+                train_px.cpu(), train_y, test_px.cpu(), test_y, advance=advance
+            )
+        return {"test/knn_acc_pixels": knn, "test/linear_acc_pixels": probe}
 
     key = digest({"knn_k": k}, train.images, train.labels, test.images, test.labels)
     return cached_numbers(Path(cache_dir) / "probes" / f"{dataset}-{key}.json", compute)

@@ -14,6 +14,7 @@ autoencoders, from a Gaussian mixture fitted to their training codes (as the RAE
 pythae's GMM sampler do). Models that cannot generate get none of these metrics.
 """
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from aelab.evaluation.probes import latent_codes
+from aelab.evaluation.progress import Advance, no_progress, phase
 from aelab.models import Autoencoder, AutoencoderModule
 from aelab.models.base import Generative
 
@@ -45,6 +47,7 @@ def generated_images(
     seed: int,
     mixture_components: int = 10,
     batch_size: int = 1000,
+    advance: Advance = no_progress,
 ) -> torch.Tensor:
     """`count` uint8 images (N, C, H, W) decoded from prior draws, or from a Gaussian mixture
     (full covariances) fitted to the codes of (at most `MIXTURE_FIT_IMAGES` of) `train_images`;
@@ -53,7 +56,10 @@ def generated_images(
     if isinstance(model, Generative):
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            images = [model.sample(len(n)) for n in torch.arange(count).split(batch_size)]
+            images = []
+            for n in torch.arange(count).split(batch_size):
+                images.append(model.sample(len(n)))
+                advance(len(n))
     elif isinstance(model, Autoencoder):
         # the mixture's fit costs as much as the rest of an evaluation together beyond a few
         # thousand codes: fitted to a fixed random subset of the training images
@@ -62,7 +68,10 @@ def generated_images(
         codes = latent_codes(model, subset).double().numpy()
         mixture = GaussianMixture(mixture_components, random_state=seed).fit(codes)
         z = torch.from_numpy(mixture.sample(count)[0]).float()
-        images = [model.decode(b.to(model.device)) for b in z.split(batch_size)]
+        images = []
+        for batch in z.split(batch_size):
+            images.append(model.decode(batch.to(model.device)))
+            advance(len(batch))
     else:
         raise ValueError(f"{type(model).__name__} cannot generate images")
     return torch.cat([(x.clamp(0, 1) * 255).round().to(torch.uint8).cpu() for x in images])
@@ -104,8 +113,15 @@ def inception_fid(
     feature: int = 2048,
 ) -> float | None:
     """The standard FID (in the 2048-d pool features) on uint8 images (grey ones repeated to RGB;
-    Inception resizes to 299); None, with one warning line, when the weights cannot be
-    downloaded. `feature` 64, 192 or 768 stops the network at an earlier block."""
+    Inception resizes to 299); None, with one warning line, when torch-fidelity (the `fid`
+    extra) is not installed or the weights cannot be downloaded. `feature` 64, 192 or 768 stops
+    the network at an earlier block."""
+    if importlib.util.find_spec("torch_fidelity") is None:
+        log.warning(
+            "test/fid skipped: torch-fidelity is not installed; pip install 'aelab[fid]' to "
+            "enable it (or sample_metrics.inception=false to stop asking)"
+        )
+        return None
     try:
         metric = FrechetInceptionDistance(
             feature=feature,
@@ -114,12 +130,15 @@ def inception_fid(
     except OSError as err:
         log.warning(
             f"test/fid skipped: the Inception weights could not be downloaded ({err}); give a "
-            f"local {INCEPTION_FILE} with sample_metrics.inception_weights=PATH"
+            f"local {INCEPTION_FILE} with sample_metrics.inception_weights=PATH (or "
+            "sample_metrics.inception=false to stop asking)"
         )
         return None
     metric = metric.to(device)
-    for images, is_real in ((real, True), (fake, False)):
-        for batch in images.split(100):
-            rgb = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
-            metric.update(rgb.to(device), real=is_real)
-    return float(metric.compute())
+    with phase("test/fid (Inception)", len(real) + len(fake)) as advance:
+        for images, is_real in ((real, True), (fake, False)):
+            for batch in images.split(100):
+                rgb = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
+                metric.update(rgb.to(device), real=is_real)
+                advance(len(batch))
+        return float(metric.compute())
