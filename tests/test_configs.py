@@ -6,6 +6,7 @@ from conftest import run_python, run_train, small_run_overrides
 from hydra.utils import instantiate
 
 from aelab.config import CONFIG_DIR
+from aelab.train import absolute_paths
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 DATA = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
@@ -200,3 +201,16 @@ def test_importing_the_package_has_no_side_effects():
     )
     result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_cache_is_one_per_user_whatever_folder_a_run_starts_in(
+    compose_cfg, monkeypatch, tmp_path
+):
+    monkeypatch.delenv("AELAB_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    monkeypatch.chdir(tmp_path)
+    assert compose_cfg().paths.cache_dir == str(tmp_path / "user-cache" / "aelab")
+    monkeypatch.setenv("AELAB_CACHE_DIR", "relative/cache")
+    cfg = compose_cfg("paths.output_dir=x")
+    absolute_paths(cfg)  # what train.py saves in the run's config.yaml
+    assert cfg.paths.cache_dir == str(tmp_path / "relative" / "cache")

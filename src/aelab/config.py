@@ -97,9 +97,22 @@ def _shared_stamp() -> str:
     return store.get(key).decode()
 
 
+def user_cache_dir() -> str:
+    """The platform's cache folder for aelab (~/.cache/aelab on Linux, ~/Library/Caches/aelab
+    on macOS, %LOCALAPPDATA%\\aelab\\Cache on Windows): one cache per user, whatever folder a
+    run starts in."""
+    from platformdirs import user_cache_dir as platform_cache_dir
+
+    return platform_cache_dir("aelab", appauthor=False)
+
+
 def prepare_hydra() -> None:
     """Register the resolvers the configs use."""
-    for name, resolver in (("aelab_run_dir", run_dir), ("aelab_output_subdir", output_subdir)):
+    for name, resolver in (
+        ("aelab_run_dir", run_dir),
+        ("aelab_output_subdir", output_subdir),
+        ("aelab_user_cache_dir", user_cache_dir),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
