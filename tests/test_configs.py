@@ -214,3 +214,18 @@ def test_the_cache_is_one_per_user_whatever_folder_a_run_starts_in(
     cfg = compose_cfg("paths.output_dir=x")
     absolute_paths(cfg)  # what train.py saves in the run's config.yaml
     assert cfg.paths.cache_dir == str(tmp_path / "relative" / "cache")
+
+
+def test_the_eval_protocols_set_the_sample_counts_that_a_direct_override_still_beats():
+    from hydra import compose, initialize_config_dir
+
+    from aelab.config import prepare_hydra
+
+    prepare_hydra()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cpu = compose("eval", overrides=["ckpt_path=x"])
+        paper = compose("eval", overrides=["ckpt_path=x", "protocol=paper"])
+        own = compose("eval", overrides=["ckpt_path=x", "protocol=paper", "iw_samples=7"])
+    assert (cpu.protocol.name, cpu.iw_samples, cpu.sample_metrics.count) == ("cpu", 1000, 5000)
+    assert (paper.iw_samples, paper.sample_metrics.count) == (5000, 10000)
+    assert (own.iw_samples, own.sample_metrics.count) == (7, 10000)

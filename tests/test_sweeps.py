@@ -413,6 +413,10 @@ def test_eval_of_a_sweep_summarises_every_job_s_tested_checkpoint(seeds_sweep, t
     assert 0 <= float(ae["test/knn_acc_mean"]) <= 1
     assert (tmp_path / "eval" / "4" / "tensorboard").is_dir()
     assert "grouped by their overrides but seed" in result.stdout
+    for table in ("eval_results.md", "eval_summary.md"):  # what they measured, at their foot
+        foot = (sweep_dir / table).read_text().strip().splitlines()[-1]
+        assert foot.startswith("Evaluated with protocol=cpu: test/nll_iw with K=20 "), foot
+    assert (tmp_path / "eval" / "4" / "metrics.json").is_file()
     # a list of checkpoints: grouped by their runs' overrides, tables in the evaluation's folder
     from aelab.evaluation.runs import jobs_to_evaluate
 

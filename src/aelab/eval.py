@@ -145,7 +145,7 @@ def show_and_write(cfg: DictConfig, model_name: str, metrics: dict, settings: di
         {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "model": model_name}
         | {
             key: OmegaConf.to_container(cfg[key]) if isinstance(cfg[key], DictConfig) else cfg[key]
-            for key in ("iw_samples", "knn_k", "seed", "sample_metrics")
+            for key in ("protocol", "iw_samples", "knn_k", "seed", "sample_metrics")
         }
         | settings
     )
@@ -284,7 +284,20 @@ def evaluate_all(cfg: DictConfig) -> list[dict]:
     folder = folder or Path(cfg.paths.output_dir)
     write_table(folder, records, "eval_results", metric_columns(records))
     write_summary(folder, records, "eval_summary")
+    for name in ("eval_results.md", "eval_summary.md"):
+        if (folder / name).is_file():
+            with open(folder / name, "a") as table:
+                table.write(f"\n{protocol_line(cfg)}\n")
     return records
+
+
+def protocol_line(cfg: DictConfig) -> str:
+    """How much the evaluation measured, for the foot of its tables."""
+    return (
+        f"Evaluated with protocol={cfg.protocol.name}: test/nll_iw with K={cfg.iw_samples} "
+        f"importance samples, sample metrics on {cfg.sample_metrics.count} generated and as "
+        f"many test images, a {cfg.sample_metrics.classifier_epochs}-epoch feature classifier."
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="eval")
