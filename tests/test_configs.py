@@ -1,8 +1,9 @@
 import itertools
+import re
 
 import pytest
 import torch
-from conftest import run_python, run_train, small_run_overrides
+from conftest import REPO, run_python, run_train, small_run_overrides
 from hydra.utils import instantiate
 
 from aelab.config import CONFIG_DIR
@@ -229,3 +230,25 @@ def test_the_eval_protocols_set_the_sample_counts_that_a_direct_override_still_b
     assert (cpu.protocol.name, cpu.iw_samples, cpu.sample_metrics.count) == ("cpu", 1000, 5000)
     assert (paper.iw_samples, paper.sample_metrics.count) == (5000, 10000)
     assert (own.iw_samples, own.sample_metrics.count) == (7, 10000)
+
+
+def test_the_readme_configuration_table_lists_every_option_of_each_group():
+    """The README's `| group | options |` table against the config folders: a group whose YAMLs
+    are all choices is listed whole; callbacks and launchers (Hydra's own among them) at least
+    name only options that exist."""
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("| group | options") :].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        group, options = line.split(" | ")[:2]
+        rows[group.strip("| `")] = set(re.findall(r"`([\w/]+)`", options))
+    assert {"model", "net", "data", "trainer", "logger", "experiment"} <= set(rows)
+    own_launchers = {p.stem for p in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml")}
+    for group, listed in rows.items():
+        options = {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}
+        if group == "hydra/launcher":
+            assert own_launchers <= listed <= own_launchers | {"basic", "submitit_local"}
+        elif group == "callbacks":
+            assert listed <= options, group
+        else:
+            assert listed == options, (group, options - listed, listed - options)
