@@ -153,10 +153,18 @@ def test_checkpoint_checks(tmp_path):
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, good)
     check_checkpoint(good, model)
 
+    # not a zip archive (random bytes, a text file, a file cut short): one line that says so,
+    # never torch's advice to load with weights_only=False
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(os.urandom(1000))
-    with pytest.raises(ConfigError, match="not a loadable checkpoint of this template"):
-        check_checkpoint(junk, model)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello\n")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for path in (junk, text, truncated):
+        with pytest.raises(ConfigError, match=r"not a checkpoint \(a checkpoint is the zip") as err:
+            check_checkpoint(path, model)
+        assert "weights_only" not in str(err.value)
 
     class Payload:
         def __reduce__(self):
@@ -164,8 +172,12 @@ def test_checkpoint_checks(tmp_path):
 
     tampered = tmp_path / "tampered.ckpt"
     tampered.write_bytes(pickle.dumps({"state_dict": Payload()}))
-    with pytest.raises(ConfigError, match="not a loadable checkpoint"):
+    with pytest.raises(ConfigError, match="not a checkpoint"):
         check_checkpoint(tampered, model)
+    zipped = tmp_path / "tampered_zip.ckpt"  # the same payload in torch.save's own format
+    torch.save({"state_dict": Payload(), "hyper_parameters": {}}, zipped)
+    with pytest.raises(ConfigError, match="not a loadable checkpoint of this template, damaged"):
+        check_checkpoint(zipped, model)
 
     other = Autoencoder((1, 28, 28), latent_dim=5, net=MLP16)
     with pytest.raises(ConfigError, match="holds a different model than the config describes"):

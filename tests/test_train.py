@@ -117,16 +117,32 @@ def test_vae_checkpoint_loads_weights_only(compose_cfg, data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_missing_data_offline_is_one_clear_line(tmp_path):
-    empty = tmp_path / "nodata"
-    result = run_train(
-        f"paths.data_dir={empty}", "data.system_dirs=[]", f"hydra.run.dir={tmp_path}"
-    )
+def test_missing_data_offline_is_one_clear_line_and_leaves_nothing_behind(tmp_path):
+    empty = tmp_path / "nodata" / "deeper"
+    run = tmp_path / "run"
+    result = run_train(f"paths.data_dir={empty}", "data.system_dirs=[]", f"hydra.run.dir={run}")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: mnist is not under {empty}/MNIST/raw and downloading it failed")
     assert "train-images-idx3-ubyte" in line and "paths.data_dir" in line
+    # the reason in whole words (it was cut to its last 160 characters, mid-word)
+    assert "(<urlopen error" in line or "(Error" in line, line
+    # neither the folders the download would have filled nor the refused run's folder
+    assert not (tmp_path / "nodata").exists() and not run.exists()
+
+
+def test_a_refused_resume_removes_only_its_own_record(data_dir, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_text("not a checkpoint\n")
+    (run / "train.log").write_text("the run's own log\n")
+    result = run_train(
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *small_run_overrides(data_dir)
+    )
+    assert result.returncode == 1 and "not a checkpoint" in result.stderr.splitlines()[-1]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "train.log"]
+    assert (run / "checkpoints" / "last.ckpt").read_text() == "not a checkpoint\n"
 
 
 def test_val_size_is_a_clear_error(compose_cfg, data_dir, tmp_path):

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -309,22 +309,48 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     absolute_paths(cfg)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg, fit_and_test, optimized)
-    with report_user_errors():
+    with report_user_errors(lambda: discard_refused_run(cfg)):
         return train(cfg)
 
 
 @contextmanager
-def report_user_errors() -> Iterator[None]:
+def report_user_errors(refused: Callable[[], None] | None = None) -> Iterator[None]:
     """An AelabError (also one that Hydra's instantiate wrapped) becomes one `error:` line and
-    exit code 1; HYDRA_FULL_ERROR=1 shows the traceback instead. Other errors pass."""
+    exit code 1, after `refused()` has cleared what the refused command wrote;
+    HYDRA_FULL_ERROR=1 shows the traceback instead. Other errors pass."""
     try:
         yield
     except Exception as err:
         problem = root_cause(err)
         if not isinstance(problem, AelabError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if refused is not None:
+            refused()
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def discard_refused_run(cfg: DictConfig) -> None:
+    """A refused run leaves nothing behind: a new run's folder goes while it holds only what
+    Hydra wrote at start-up (its `.hydra/` record and the log); a refused resume removes only
+    the record it added to the run it names (`.hydra/resumed/<timestamp>/`)."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = Path(cfg.paths.output_dir)
+    subdir = HydraConfig.get().output_subdir
+    if subdir and Path(subdir).parts[:2] == (".hydra", "resumed"):
+        shutil.rmtree(folder / subdir, ignore_errors=True)
+        for parent in (folder / subdir).parents:  # .hydra/resumed, .hydra: when left empty
+            if parent == folder or any(parent.iterdir()):
+                break
+            parent.rmdir()
+        return
+    logging.shutdown()  # Hydra's log file handler closes before its file goes
+    written = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if written <= {".hydra", f"{HydraConfig.get().job.name}.log"}:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:

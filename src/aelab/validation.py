@@ -3,8 +3,10 @@ before any data is loaded or any step is taken."""
 
 import collections.abc
 import inspect
+import textwrap
 import types
 import typing
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,12 +123,20 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes zip archives; its own error for other files advises
+        # weights_only=False, which would run whatever code a pickle holds
+        raise ConfigError(
+            f"{path}: not a checkpoint (a checkpoint is the zip archive torch.save writes); "
+            "a file cut short by a full disk or a killed copy looks like this too"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = " ".join(str(err).split())[:200]
+        first = " ".join(str(err).split()).split(". ")[0]
         raise ConfigError(
-            f"{path}: not a loadable checkpoint of this template ({reason})"
+            f"{path}: not a loadable checkpoint of this template, damaged or truncated "
+            f"({textwrap.shorten(first, 160, placeholder=' ...')})"
         ) from None
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(
         checkpoint

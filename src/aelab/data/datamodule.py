@@ -3,7 +3,10 @@ any folder of images, torchvision's datasets): uint8 tensors (N, C, H, W) with a
 train/val split."""
 
 import logging
+import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,21 @@ def read_checked(files: dict[str, Path]) -> dict[str, torch.Tensor]:
             f"but the training images are {tuple(train.shape[1:])}"
         )
     return arrays
+
+
+@contextmanager
+def removed_if_refused(folder: Path) -> Iterator[None]:
+    """The folders up to `folder` that the block creates are removed again (those left empty)
+    when it fails: a refused download leaves no `<data_dir>/MNIST/raw` behind."""
+    folder = folder.absolute()
+    new = [p for p in (folder, *folder.parents) if not p.exists()]  # the deepest first
+    try:
+        yield
+    except BaseException:
+        for path in new:
+            with suppress(OSError):
+                path.rmdir()
+        raise
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -273,6 +291,12 @@ class ImageDataModule(L.LightningDataModule):
                 log.warning(f"{reason}: removing it and downloading it again")
                 path.unlink()
             missing = f"{next(iter(broken.values()))}, so it was removed"
+        with removed_if_refused(self.raw_dir):
+            self._download(missing)
+        self.files()
+
+    def _download(self, missing: str) -> None:
+        """torchvision's download of the raw files into `raw_dir`, or one line saying why not."""
         import torchvision.datasets
 
         if error := writable_dir_error("paths.data_dir", self.raw_dir):
@@ -282,13 +306,14 @@ class ImageDataModule(L.LightningDataModule):
             for train in (True, False):
                 dataset_cls(str(self.data_dir), train=train, download=True)
         except Exception as err:
-            reason = " ".join(str(err).split())[-160:] or type(err).__name__
+            # torchvision says "Tried URL, got: REASON" per mirror: the last reason, whole words
+            last = " ".join(str(err).split()).rsplit("got: ", 1)[-1]
+            reason = textwrap.shorten(last, 160, placeholder=" ...") or type(err).__name__
             raise DataError(
                 f"{missing} and downloading it failed ({reason}). "
                 f"Offline, copy {', '.join(SPLITS.values())} (raw or .gz) into {self.raw_dir}, "
                 f"or set paths.data_dir to a folder that has {self.info.folder}/raw/"
             ) from None
-        self.files()
 
     def wait_for_files(self, timeout: float = 3600, poll: float = 1.0) -> None:
         """Wait until another process of this node (local rank 0, in `prepare_data`) has put
