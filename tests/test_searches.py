@@ -18,6 +18,8 @@ import optuna
 import pytest
 from conftest import output_of, run_train, small_run_overrides, start_train
 
+from aelab.errors import ConfigError
+
 STUDY = "vae_optuna"
 
 
@@ -92,6 +94,40 @@ def test_a_killed_search_resumes_its_study_to_n_trials(resumed_search):
     assert "2 of 4 trials done or running" in second.stdout + second.stderr
     best = (sweep_dir / "optimization_results.yaml").read_text()
     assert f"best_value: {study.best_value}" in best
+
+
+@pytest.mark.slow
+def test_a_study_refuses_other_fixed_overrides_and_takes_another_data_folder(
+    resumed_search, data_dir
+):
+    sweep_dir, _ = resumed_search
+    before = len(load_study(sweep_dir).trials)
+    other = search_args(data_dir, sweep_dir, "hydra.sweeper.n_trials=6", "model.latent_dim=4")
+    refused = run_train(*other)
+    assert refused.returncode == 1
+    (line,) = [ln for ln in refused.stderr.splitlines() if "fixed overrides" in ln]
+    assert "new: ['model.latent_dim=4']" in line and "gone: ['model.latent_dim=8']" in line
+    assert "hydra.sweeper.study_name=NEW_NAME" in line and "Traceback" not in refused.stderr
+    assert len(load_study(sweep_dir).trials) == before  # not a trial asked
+    # where the data is, how it loads: not the problem
+    moved = search_args(data_dir, sweep_dir, "hydra.sweeper.n_trials=4", "data.num_workers=0")
+    assert run_train(*moved).returncode == 0
+    assert len(load_study(sweep_dir).trials) == before
+
+
+def test_a_study_without_a_record_of_its_overrides_goes_on_and_records_them(tmp_path, caplog):
+    from aelab.sweeps.optuna import FIXED_ATTR, check_same_problem
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'old.db'}", study_name="old")
+    study.enqueue_trial({})
+    study.tell(study.ask(), 1.0)  # made by an aelab that kept no record
+    with caplog.at_level("INFO"):
+        check_same_problem(study, ["model=vae", "paths.data_dir=/a"])
+    assert "predates aelab's record of its fixed overrides" in caplog.text
+    assert study.user_attrs[FIXED_ATTR] == ["model=vae"]
+    check_same_problem(study, ["paths.data_dir=/b", "model=vae"])  # another folder: the same
+    with pytest.raises(ConfigError, match=r"new: \['model=iwae'\]; gone: \['model=vae'\]"):
+        check_same_problem(study, ["model=iwae"])
 
 
 @pytest.mark.slow

@@ -1,5 +1,10 @@
 """Errors that the entry points report as one clear line instead of a traceback."""
 
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 
 class AelabError(Exception):
     """A problem the user can fix: the message says what is wrong and what is allowed."""
@@ -35,3 +40,20 @@ def root_cause(err: BaseException) -> BaseException:
     while not isinstance(err, AelabError) and err.__cause__ is not None:
         err = err.__cause__
     return err
+
+
+@contextmanager
+def report_user_errors(refused: Callable[[], None] | None = None) -> Iterator[None]:
+    """An AelabError (also one that Hydra's instantiate wrapped) becomes one `error:` line and
+    exit code 1, after `refused()` has cleared what the refused command wrote;
+    HYDRA_FULL_ERROR=1 shows the traceback instead. Other errors pass."""
+    try:
+        yield
+    except Exception as err:
+        problem = root_cause(err)
+        if not isinstance(problem, AelabError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if refused is not None:
+            refused()
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(1) from None

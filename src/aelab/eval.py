@@ -31,8 +31,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aelab.config import CONFIG_MODULE, run_app
-from aelab.errors import ConfigError
-from aelab.train import report_user_errors
+from aelab.errors import ConfigError, report_user_errors
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from aelab.config import CONFIG_MODULE, run_app
-from aelab.errors import ConfigError
-from aelab.train import report_user_errors
+from aelab.errors import ConfigError, report_user_errors
 
 if TYPE_CHECKING:
     import torch

@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab.config import CONFIG_MODULE, run_app
-from aelab.train import report_user_errors
+from aelab.errors import report_user_errors
 
 log = logging.getLogger(__name__)
 

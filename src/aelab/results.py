@@ -22,8 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from aelab.config import CONFIG_MODULE, run_app
-from aelab.errors import AelabError, ConfigError, Interrupted
-from aelab.train import report_user_errors
+from aelab.errors import AelabError, ConfigError, Interrupted, report_user_errors
 
 # (metric, heading) in the tables' order; a column only when some job has the metric
 COLUMNS = [

@@ -8,10 +8,8 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,7 +25,7 @@ from aelab.config import (
     requeued_slurm_job,
     run_app,
 )
-from aelab.errors import AelabError, ConfigError, Interrupted, root_cause
+from aelab.errors import ConfigError, Interrupted, report_user_errors
 from aelab.runlock import run_lock
 from aelab.sweeps.jobs import run_sweep_job
 from aelab.validation import building, check_checkpoint, check_config, check_same_run
@@ -311,23 +309,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return run_sweep_job(cfg, fit_and_test, optimized)
     with report_user_errors(lambda: discard_refused_run(cfg)):
         return train(cfg)
-
-
-@contextmanager
-def report_user_errors(refused: Callable[[], None] | None = None) -> Iterator[None]:
-    """An AelabError (also one that Hydra's instantiate wrapped) becomes one `error:` line and
-    exit code 1, after `refused()` has cleared what the refused command wrote;
-    HYDRA_FULL_ERROR=1 shows the traceback instead. Other errors pass."""
-    try:
-        yield
-    except Exception as err:
-        problem = root_cause(err)
-        if not isinstance(problem, AelabError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if refused is not None:
-            refused()
-        print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def discard_refused_run(cfg: DictConfig) -> None:

@@ -292,16 +292,17 @@ class ImageDataModule(L.LightningDataModule):
                 path.unlink()
             missing = f"{next(iter(broken.values()))}, so it was removed"
         with removed_if_refused(self.raw_dir):
-            self._download(missing)
+            self._download(self.info.folder, missing)
         self.files()
 
-    def _download(self, missing: str) -> None:
-        """torchvision's download of the raw files into `raw_dir`, or one line saying why not."""
+    def _download(self, folder: str, missing: str) -> None:
+        """torchvision's download of the raw files into `raw_dir` (torchvision's dataset class
+        `folder`), or one line saying why not."""
         import torchvision.datasets
 
         if error := writable_dir_error("paths.data_dir", self.raw_dir):
             raise DataError(f"{missing} and cannot be downloaded: {error}")
-        dataset_cls = getattr(torchvision.datasets, self.info.folder)
+        dataset_cls = getattr(torchvision.datasets, folder)
         try:
             for train in (True, False):
                 dataset_cls(str(self.data_dir), train=train, download=True)
@@ -312,7 +313,7 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(
                 f"{missing} and downloading it failed ({reason}). "
                 f"Offline, copy {', '.join(SPLITS.values())} (raw or .gz) into {self.raw_dir}, "
-                f"or set paths.data_dir to a folder that has {self.info.folder}/raw/"
+                f"or set paths.data_dir to a folder that has {folder}/raw/"
             ) from None
 
     def wait_for_files(self, timeout: float = 3600, poll: float = 1.0) -> None:

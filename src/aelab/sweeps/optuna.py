@@ -41,7 +41,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from aelab.errors import ConfigError
+from aelab.errors import ConfigError, report_user_errors
 from aelab.sweeps.jobs import read_record, write_record
 
 if TYPE_CHECKING:
@@ -302,12 +302,17 @@ class OptunaSearch(Sweeper):
         return trials
 
     def sweep(self, arguments: list[str]) -> None:
+        with report_user_errors():
+            self._sweep(arguments)
+
+    def _sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None, "Hydra calls setup() first"
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         fixed, space = search_space(self.params, arguments)
         study = self.open_study(sweep_dir)
+        check_same_problem(study, fixed)
         metric = self.config.get("optimized_metric")
         if not metric:
             raise ConfigError("an Optuna search optimises optimized_metric: set it (val/loss)")
@@ -328,6 +333,43 @@ class OptunaSearch(Sweeper):
             for ret in returns:
                 _ = ret.return_value  # an error outside the job's own handling ends the search
         report_best(study, sweep_dir)
+
+
+FIXED_ATTR = "aelab:fixed_overrides"  # the study's user attribute: what every trial shares
+
+
+def problem_overrides(fixed: Sequence[str]) -> list[str]:
+    """The fixed overrides that define the problem a study optimises: all but where files are
+    and how they are loaded (`paths.*`, `data.data_dir`, `data.num_workers`, ...), which may
+    change when a search moves to another machine."""
+    from aelab.validation import DATA_LOADING
+
+    last = {override.split("=", 1)[0].lstrip("+~"): override for override in fixed}
+    loading = {f"data.{key}" for key in DATA_LOADING}
+    return sorted(o for k, o in last.items() if not k.startswith("paths.") and k not in loading)
+
+
+def check_same_problem(study: "optuna.Study", fixed: Sequence[str]) -> None:
+    """A study goes on only with the fixed overrides it started with: other ones would mix
+    trials of two problems in one study and report a best trial of the old one."""
+    problem = problem_overrides(fixed)
+    if FIXED_ATTR not in study.user_attrs:
+        if study.trials:
+            log.info(
+                f"Optuna study {study.study_name!r} predates aelab's record of its fixed "
+                "overrides: going on with it unchecked, and recording this command's"
+            )
+        study.set_user_attr(FIXED_ATTR, problem)
+        return
+    kept = study.user_attrs[FIXED_ATTR]
+    if kept != problem:
+        added = sorted(set(problem) - set(kept)) or "none"
+        missing = sorted(set(kept) - set(problem)) or "none"
+        raise ConfigError(
+            f"Optuna study {study.study_name!r} searched with the fixed overrides {kept}, this "
+            f"command has {problem} (new: {added}; gone: {missing}); to start a new study give "
+            "hydra.sweeper.study_name=NEW_NAME, or repeat the study's overrides to go on with it"
+        )
 
 
 def report_best(study: "optuna.Study", sweep_dir: Path) -> None:
