@@ -21,6 +21,7 @@ from conftest import (
     write_dataset,
     write_idx,
 )
+from omegaconf import OmegaConf
 
 from aelab.callbacks import DivergenceGuard
 from aelab.data import ImageDataModule
@@ -180,7 +181,12 @@ def test_checkpoint_checks(tmp_path):
         check_checkpoint(zipped, model)
 
     other = Autoencoder((1, 28, 28), latent_dim=5, net=MLP16)
-    with pytest.raises(ConfigError, match="holds a different model than the config describes"):
+    # the config keys that differ, not the tensors they change
+    with pytest.raises(
+        ConfigError,
+        match=r"holds a different model than the config describes \(trained with "
+        r"model.latent_dim=3, not 5\)",
+    ):
         check_checkpoint(good, other)
 
     small = Autoencoder((1, 16, 16), latent_dim=3, net=MLP16)
@@ -300,6 +306,32 @@ def test_run_folder_follows_the_checkpoint(tmp_path, monkeypatch):
     assert run_dir("last", str(runs)) == str(runs / "new")
     named = runs / "old" / "checkpoints" / "last.ckpt"
     assert run_dir(str(named), str(runs)) == str(runs / "old")
+    # ckpt_path=last: the newest run of the same model= and data=, not the newest of all
+    for name, model in [("old", "ae"), ("new", "conv_vae")]:
+        record = {"hydra": {"runtime": {"choices": {"model": model, "data": "mnist"}}}}
+        (runs / name / ".hydra").mkdir()
+        OmegaConf.save(record, runs / name / ".hydra" / "hydra.yaml")
+    assert run_dir("last", str(runs), "ae", "mnist") == str(runs / "old")
+    assert run_dir("last", str(runs), "conv_vae", "mnist") == str(runs / "new")
+    assert run_dir("last", str(runs), "ae", "fashion") == f"{runs}/now", "none of these: fresh"
+
+
+@pytest.mark.slow
+def test_resuming_the_last_run_of_another_model_names_the_runs_there_are(data_dir, tmp_path):
+    logs = tmp_path / "logs"
+    args = [*small_run_overrides(data_dir), "debug=fast", f"paths.log_dir={logs}"]
+    assert run_train("model=ae", *args).returncode == 0
+    refused = run_train("model=vae", "ckpt_path=last", *args)
+    assert refused.returncode == 1
+    (line,) = refused.stderr.strip().splitlines()
+    (ae_run,) = (logs / "train" / "runs").iterdir()
+    assert line.startswith("error: ckpt_path=last: no run of model=vae data=mnist to resume")
+    assert f"{ae_run} (model=ae data=mnist)" in line
+    assert list((logs / "train" / "runs").iterdir()) == [ae_run]  # the refused run left nothing
+    resumed = run_train("model=ae", "ckpt_path=last", "trainer.max_epochs=2", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    assert list((logs / "train" / "runs").iterdir()) == [ae_run]
 
 
 @pytest.mark.slow

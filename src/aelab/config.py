@@ -39,20 +39,38 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def run_dir(ckpt_path: str | None, runs_dir: str) -> str:
+def run_choices(run: Path) -> dict[str, str | None]:
+    """The `model=` and `data=` a run was started with (from Hydra's record in its folder)."""
+    record = run / ".hydra" / "hydra.yaml"
+    if not record.is_file():
+        return {"model": None, "data": None}
+    choices = OmegaConf.load(record).hydra.runtime.choices
+    return {group: choices.get(group) for group in ("model", "data")}
+
+
+def resumable_runs(runs_dir: str | Path) -> list[Path]:
+    """The runs under `runs_dir` that have a checkpoint to resume, the newest first."""
+    runs = [p.parent for p in Path(runs_dir).glob("*/checkpoints") if newest_checkpoint(p)]
+    newest = {run: newest_checkpoint(run / "checkpoints") for run in runs}
+    return sorted(runs, key=lambda run: Path(newest[run] or run).stat().st_mtime, reverse=True)
+
+
+def run_dir(
+    ckpt_path: str | None, runs_dir: str, model: str | None = None, data: str | None = None
+) -> str:
     """The run's folder: a resumed run goes on in the folder of its checkpoint (`ckpt_path=last`:
-    the newest run under `runs_dir` that has one; a requeued SLURM job: the run it started), a
-    new run gets `runs_dir/<timestamp>`."""
+    the newest run under `runs_dir` of the same `model=` and `data=` that has one; a requeued
+    SLURM job: the run it started), a new run gets `runs_dir/<timestamp>`."""
     job = requeued_slurm_job()
     if ckpt_path is None and job:
         for marker in Path(runs_dir).glob(f"*/{SLURM_MARKER}"):
             if marker.read_text().strip() == job:
                 return str(marker.parent.absolute())
     if ckpt_path == "last":
-        runs = [p for p in Path(runs_dir).glob("*/checkpoints") if newest_checkpoint(p)]
-        if runs:
-            newest = max(runs, key=lambda p: Path(newest_checkpoint(p) or p).stat().st_mtime)
-            return str(newest.parent.absolute())
+        wanted = {"model": model, "data": data}
+        for run in resumable_runs(runs_dir):
+            if run_choices(run) == wanted:
+                return str(run.absolute())
     elif ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         return str(Path(ckpt_path).absolute().parent.parent)
     return str(Path(runs_dir, run_stamp()).absolute())

@@ -23,7 +23,9 @@ from aelab.config import (
     SLURM_MARKER,
     newest_checkpoint,
     requeued_slurm_job,
+    resumable_runs,
     run_app,
+    run_choices,
 )
 from aelab.errors import ConfigError, Interrupted, report_user_errors
 from aelab.runlock import run_lock
@@ -109,11 +111,30 @@ def resume_path(cfg: DictConfig) -> str | None:
         return ckpt_path
     found = newest_intact(folder)
     if found is None:
-        raise ConfigError(
-            f"ckpt_path=last: no run to resume, {folder} holds no checkpoint that loads; "
-            "give the checkpoint's path or hydra.run.dir=<the run's folder>"
-        )
+        raise ConfigError(f"ckpt_path=last: {no_run_to_resume(cfg, folder.parent)}")
     return str(found[0])
+
+
+def no_run_to_resume(cfg: DictConfig, run: Path) -> str:
+    """Why `ckpt_path=last` found nothing in `run`, and the newest runs a user may have
+    meant."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices
+    wanted = f"model={choices.get('model')} data={choices.get('data')}"
+    if (run / "checkpoints").is_dir():
+        return f"{run} holds no checkpoint that loads; give the checkpoint's path"
+    others = resumable_runs(Path(cfg.paths.log_dir) / cfg.task_name / "runs")[:5]
+    if not others:
+        return f"no run of {wanted} to resume, nor any other; start one without ckpt_path"
+    listed = "; ".join(
+        f"{other} (model={c['model']} data={c['data']})"
+        for other, c in ((other, run_choices(other)) for other in others)
+    )
+    return (
+        f"no run of {wanted} to resume. The newest runs: {listed}. Resume one with "
+        "ckpt_path=<run>/checkpoints/last.ckpt and its model= and data="
+    )
 
 
 def make_trainer(cfg: DictConfig, loggers: list) -> "L.Trainer":
@@ -327,7 +348,6 @@ def discard_refused_run(cfg: DictConfig) -> None:
             if parent == folder or any(parent.iterdir()):
                 break
             parent.rmdir()
-        return
     logging.shutdown()  # Hydra's log file handler closes before its file goes
     written = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     if written <= {".hydra", f"{HydraConfig.get().job.name}.log"}:

@@ -166,17 +166,39 @@ def check_checkpoint(
     saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if saved != expected:
-        different = sorted(set(saved) ^ set(expected)) or [
-            k for k in saved if saved[k] != expected[k]
-        ]
         raise ConfigError(
             f"{path}: holds a different model than the config describes "
-            f"(differs in {', '.join(different[:3])}); use the model overrides it was trained with"
+            f"({model_differences(checkpoint, model, saved, expected)}); use the model "
+            "overrides it was trained with"
         )
     for name, tensor in checkpoint["state_dict"].items():
         if not torch.isfinite(tensor).all():
             raise ConfigError(f"{path}: parameter {name} holds NaN or infinite values")
     return checkpoint
+
+
+def model_differences(
+    checkpoint: dict, model: "L.LightningModule", saved: dict, expected: dict
+) -> str:
+    """The config keys (`model.latent_dim=20, not 3`) on which a checkpoint's saved
+    hyperparameters and the model's differ; the class or the tensors when no key does."""
+    trained = _flat(_as_dict(_plain(checkpoint["hyper_parameters"])), "model")
+    current = _flat(_as_dict(_plain(dict(model.hparams))), "model")
+    keys = [k for k in sorted(set(trained) | set(current)) if trained.get(k) != current.get(k)]
+    if keys:
+        shown = [f"{k}={trained.get(k)!r}, not {current.get(k)!r}" for k in keys[:4]]
+        return "trained with " + "; ".join(shown) + (" ..." if len(keys) > 4 else "")
+    tensors = sorted(set(saved) ^ set(expected)) or [k for k in saved if saved[k] != expected[k]]
+    return f"another model class: its tensors differ in {', '.join(tensors[:3])}"
+
+
+def _plain(value: Any) -> Any:
+    """Hyperparameters as the checkpoint stores them (configs as dicts, tuples as lists)."""
+    if isinstance(value, DictConfig) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) or OmegaConf.is_list(value):
+        return [_plain(v) for v in value]
+    return value
 
 
 def check_same_run(cfg: DictConfig, ckpt_path: str | Path) -> None:
