@@ -260,9 +260,9 @@ def test_progress_bar_logs_a_line_per_epoch_where_it_cannot_draw(
         assert lines == []
         return
     assert [line.split(" steps in ")[0] for line in lines] == [
-        "Epoch 0/2: 3",
-        "Epoch 1/2: 3",
-        "Epoch 2/2: 3",
+        "Epoch 1/3: 3",
+        "Epoch 2/3: 3",
+        "Epoch 3/3: 3",
     ]
     # epochs 0 and 2 did not validate: no val/ values (not the sanity check's, not epoch 1's)
     assert all("train/loss " in line for line in lines)

@@ -5,6 +5,7 @@ import gc
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -332,6 +333,15 @@ def seeds_sweep(data_dir, tmp_path_factory):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return root / "sweep", result
+
+
+def test_a_multirun_prints_its_config_once_then_a_line_per_job(seeds_sweep):
+    _, result = seeds_sweep
+    output = result.stdout + result.stderr
+    assert output.count("optimized_metric") == 1  # a top-level key of the config tree
+    for job in range(1, 6):
+        assert re.search(rf"Job {job}: model=(ae|vae) seed=[123]", output), job
+    assert "LeafSpec" not in output and "Trainer already configured" not in output
 
 
 def test_a_sweep_over_seeds_is_summarised_with_error_bars(seeds_sweep):

@@ -45,10 +45,15 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
 
 
+# Lightning's INFO lines that say nothing to an aelab user: its advertisement for LitLogger, and
+# its note that the config's own model summary callback stands in for its default one
+LIGHTNING_NOISE = ("litlogger", "Trainer already configured with model summary callbacks")
+
+
 def quiet_lightning_console() -> None:
     """Send Lightning's messages through Hydra's log handlers only (it adds its own console
-    handler on import, which prints every line twice), minus its advertisement for LitLogger
-    and the FutureWarning that torch 2.14 raises at every run inside Lightning's own
+    handler on import, which prints every line twice), minus LIGHTNING_NOISE and the
+    FutureWarning that torch 2.14 raises at every run inside Lightning's own
     `_pytree.py` (LeafSpec; nothing a user of Lightning can change)."""
     warnings.filterwarnings(
         "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
@@ -57,7 +62,7 @@ def quiet_lightning_console() -> None:
     if logging.getLogger().hasHandlers():
         lightning_logger.handlers.clear()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
+        lambda record: not any(noise in record.getMessage() for noise in LIGHTNING_NOISE)
     )
 
 
@@ -170,19 +175,26 @@ def fetch_data(datamodule: "L.LightningDataModule") -> None:
 
 
 def save_run_config(cfg: DictConfig) -> None:
-    """Print the composed config as a tree and keep it, resolved, as `<run>/config.yaml`
-    (a resumed run keeps the one it was started with)."""
+    """Print the composed config as a tree (in a multirun, the first job's only, then one line
+    per job: the trees differ only in the overrides) and keep it, resolved, as
+    `<run>/config.yaml` (a resumed run keeps the one it was started with)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from rich.console import Console
     from rich.tree import Tree
 
     resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig's
-    tree = Tree("config", guide_style="dim")
-    for key, value in resolved.items():
-        if isinstance(value, dict):
-            tree.add(f"[bold]{key}[/]").add(OmegaConf.to_yaml(value).strip())
-        else:
-            tree.add(f"[bold]{key}[/]: {value}")
-    Console(stderr=True).print(tree)
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.job.num > 0:
+        log.info(f"Job {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
+    else:
+        tree = Tree("config", guide_style="dim")
+        for key, value in resolved.items():
+            if isinstance(value, dict):
+                tree.add(f"[bold]{key}[/]").add(OmegaConf.to_yaml(value).strip())
+            else:
+                tree.add(f"[bold]{key}[/]: {value}")
+        Console(stderr=True).print(tree)
     path = Path(cfg.paths.output_dir) / RUN_CONFIG
     if not path.exists():
         OmegaConf.save(OmegaConf.create(resolved), path)

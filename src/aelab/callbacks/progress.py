@@ -28,8 +28,8 @@ class ProgressBar(RichProgressBar):
     (docs/benchmarks.md has what that cost a VAE at 10 a second).
 
     Where the output is not a terminal (a SLURM or nohup job's log file), Rich draws nothing until
-    the stage ends; there the bar logs one line per epoch instead (`Epoch 3/9: 430 steps in 2.9 s;
-    train/loss ..., val/loss ...`), which also lands in the run's `train.log`.
+    the stage ends; there the bar logs one line per epoch instead (`Epoch 4/10: 430 steps in 2.9 s;
+    train/loss ..., val/loss ...`, counted from 1), which also lands in the run's `train.log`.
     """
 
     def __init__(self, refresh_rate: int = 2, **kwargs) -> None:
@@ -76,7 +76,7 @@ class ProgressBar(RichProgressBar):
             log.info(self.epoch_summary(trainer))
 
     def epoch_summary(self, trainer: L.Trainer) -> str:
-        """`Epoch 3/9: 430 steps in 2.9 s; train/loss 110.79, ..., val/loss 106.86, ...`:
+        """`Epoch 4/10: 430 steps in 2.9 s; train/loss 110.79, ..., val/loss 106.86, ...`:
         the epoch's last logged training values and, if it validated, its validation means (not
         an earlier epoch's)."""
         seconds = time.monotonic() - self._epoch_start
@@ -86,7 +86,9 @@ class ProgressBar(RichProgressBar):
             for name, value in sorted(trainer.callback_metrics.items())
             if name.startswith(stages)
         )
-        epoch = f"Epoch {trainer.current_epoch}"
+        # counted from 1 (`Epoch 1/1` for max_epochs=1); Lightning's bar, checkpoint names and
+        # best_epoch count from 0
+        epoch = f"Epoch {trainer.current_epoch + 1}"
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            epoch += f"/{trainer.max_epochs - 1}"  # numbered from 0, as on the bar
+            epoch += f"/{trainer.max_epochs}"
         return f"{epoch}: {self._steps} steps in {seconds:.1f} s; {metrics}"
