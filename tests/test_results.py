@@ -176,3 +176,21 @@ def test_a_stopped_results_command_stops_its_training_and_the_rerun_resumes_it(d
         "job 0 was interrupted: resuming from its newest checkpoint" in again.stdout + again.stderr
     )
     assert "| `vae` | 1 | 0 |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_results_command_writes_under_the_log_folder_unless_told_otherwise(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from aelab.config import CONFIG_DIR, prepare_hydra
+    from aelab.results import shown_command
+
+    prepare_hydra()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("results", overrides=[f"paths.log_dir={tmp_path}"])
+    assert cfg.output == f"{tmp_path}/results/results.md"  # never a clone's docs/ by default
+    # the docs' command keeps a relative output= (docs/results.md), never this machine's folders
+    shown = shown_command(["table=models", "output=docs/results.md", f"paths.log_dir={tmp_path}"])
+    assert shown == (
+        "python -m aelab.results table=models output=docs/results.md paths.data_dir=/path/to/data"
+    )
+    assert "output" not in shown_command([f"output={tmp_path}/r.md"])

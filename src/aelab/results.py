@@ -198,11 +198,16 @@ def chosen_rows(cfg: DictConfig) -> list[str]:
 
 
 def shown_command(args: list[str]) -> str:
-    """The command line as the docs show it: this machine's folders left out (`paths.*`), the
-    data folder as a placeholder."""
-    shown = [
-        a for a in args if not a.startswith(("paths.", "work_dir=", "output=", "tables_only="))
-    ]
+    """The command line as the docs show it: this machine's folders left out (`paths.*`, an
+    absolute `output=`; a relative one such as docs/results.md stays), the data folder as a
+    placeholder."""
+
+    def machine_specific(arg: str) -> bool:
+        if arg.startswith("output="):
+            return Path(arg.removeprefix("output=").strip("'\"")).is_absolute()
+        return arg.startswith(("paths.", "work_dir=", "tables_only="))
+
+    shown = [a for a in args if not machine_specific(a)]
     return " ".join(["python -m aelab.results", *shown, "paths.data_dir=/path/to/data"])
 
 
