@@ -149,6 +149,7 @@ def show_and_write(cfg: DictConfig, model_name: str, metrics: dict, settings: di
         | settings
     )
     record = {"settings": settings, "metrics": dict(sorted(metrics.items()))}
+    folder.mkdir(parents=True, exist_ok=True)  # no logger (logger=none) made it
     write_atomically(folder / METRICS_FILE, json.dumps(record, indent=2).encode())
     rows = pd.DataFrame(
         {"metric": list(record["metrics"]), "value": list(record["metrics"].values())}
