@@ -72,6 +72,7 @@ def eval_command(cfg: DictConfig, dataset: str, row: str) -> list[str]:
         "-m",
         "aelab.eval",
         f"ckpt_path={quoted(sweep)}",
+        f"protocol={cfg.protocol.name}",
         f"iw_samples={cfg.iw_samples}",
         f"sample_metrics.count={cfg.sample_count}",
         f"sample_metrics.inception={str(cfg.inception).lower()}",
@@ -142,6 +143,7 @@ def section(cfg: DictConfig, command: str) -> str:
         "autoencoders, nats per image (-ELBO, or the bound a family trains on) for the others "
         "(`beta_vae`: recon + beta KL). `recon MSE`: squared error per pixel of the "
         "reconstruction (the decoded posterior mean or code) against the test image. "
+        f"Evaluated with protocol={cfg.protocol.name}. "
         f"`nll_iw`: -log p(x) with K={cfg.iw_samples} importance samples. Sample metrics on "
         f"{cfg.sample_count} generated and as many test images (VAEs from their prior, "
         "autoencoders from a 10-component Gaussian mixture of their training codes): Fréchet "
