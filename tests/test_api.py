@@ -91,12 +91,14 @@ def exported(run, fmt: str, out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_onnx_export_matches_pytorch_in_onnxruntime(readme, tmp_path):
+def test_onnx_export_matches_pytorch_in_onnxruntime(readme, tmp_path, capsys):
     import onnxruntime
     import torch
 
     run = readme["run"]
     assert exported(run, "onnx", tmp_path) == ["encoder.onnx", "decoder.onnx"]
+    said = capsys.readouterr()
+    assert "[torch.onnx]" not in said.out + said.err  # the exporter's ~30 progress lines
     images, codes = inputs(run)
     cpu = ["CPUExecutionProvider"]
     encoder = onnxruntime.InferenceSession(tmp_path / "encoder.onnx", providers=cpu)

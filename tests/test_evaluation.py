@@ -198,6 +198,8 @@ def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_d
     assert record["metrics"]["test/loss"] == pytest.approx(evaluated["test/loss"], abs=1e-6)
     assert record["settings"]["iw_samples"] == 20 and record["settings"]["checkpoint"] == str(best)
     assert record["settings"]["classifier_recipe"]["epochs"] > 0
+    assert record["settings"]["protocol"] == {"name": "cpu", "iw_samples": 1000, "samples": 5000}
+    assert record["settings"]["sample_metrics"]["count"] == 5000  # resolved, not ${...}
     assert record["metrics"]["test/classifier_acc"] == pytest.approx(
         evaluated["test/classifier_acc"]
     )

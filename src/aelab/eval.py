@@ -143,7 +143,9 @@ def show_and_write(cfg: DictConfig, model_name: str, metrics: dict, settings: di
     settings = (
         {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "model": model_name}
         | {
-            key: OmegaConf.to_container(cfg[key]) if isinstance(cfg[key], DictConfig) else cfg[key]
+            key: OmegaConf.to_container(cfg[key], resolve=True)
+            if isinstance(cfg[key], DictConfig)
+            else cfg[key]
             for key in ("protocol", "iw_samples", "knn_k", "seed", "sample_metrics")
         }
         | settings

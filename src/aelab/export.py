@@ -92,6 +92,7 @@ def export_module(
             opset_version=opset,
             dynamo=True,
             external_data=False,
+            verbose=False,  # its ~30 progress lines at the user: the files are the result
         )
 
 
