@@ -66,8 +66,8 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
         "python -m aelab.results paths.data_dir={data} table=models epochs=1 protocol=paper "
         "only=[ae] table.datasets=[mnist] seeds=[1] iw_samples=5 sample_count=64 "
         "output={work}/results.md "
-        "train_overrides=[debug=fast,data.val_size=100,data.system_dirs=[]] "
-        "eval_overrides=[sample_metrics.classifier_epochs=1]",
+        "train_overrides=['debug=fast','data.val_size=100','data.system_dirs=[]'] "
+        "eval_overrides=['sample_metrics.classifier_epochs=1']",
         "one row, one seed, into a scratch file rather than the clone's docs",
     ),
     "python train.py -m model=ae,vae seed=1,2,3": (

@@ -194,3 +194,21 @@ def test_the_results_command_writes_under_the_log_folder_unless_told_otherwise(t
         "python -m aelab.results table=models output=docs/results.md paths.data_dir=/path/to/data"
     )
     assert "output" not in shown_command([f"output={tmp_path}/r.md"])
+
+
+def test_the_list_overrides_shown_in_the_results_config_parse_as_written():
+    import re
+
+    from hydra import compose, initialize_config_dir
+
+    from aelab.config import CONFIG_DIR, prepare_hydra
+
+    prepare_hydra()
+    shown = re.findall(
+        r'"((?:train|eval)_overrides=\[.*?\])"', (CONFIG_DIR / "results.yaml").read_text()
+    )
+    assert len(shown) == 2
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("results", overrides=shown)
+    assert list(cfg.train_overrides) == ["trainer=gpu"]
+    assert cfg.eval_overrides[0].startswith("sample_metrics.inception_weights=")
