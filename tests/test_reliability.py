@@ -297,6 +297,9 @@ def test_run_folder_follows_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "run_stamp", lambda: "now")
     runs = tmp_path / "runs"
     assert run_dir(None, str(runs)) == f"{runs}/now"
+    # a new run is named by its overrides, folders left out, for `tensorboard --logdir logs`
+    given = ["model=vae", "data=fashion", "paths.data_dir=/d", "ckpt_path=null", "~logger"]
+    assert run_dir(None, str(runs), overrides=given) == f"{runs}/now_model=vae,data=fashion"
     assert run_dir("last", str(runs)) == f"{runs}/now", "nothing to resume: a fresh run"
     for name, age in [("old", 100), ("new", 10)]:
         checkpoint = runs / name / "checkpoints" / "last.ckpt"

@@ -13,6 +13,7 @@ import pytest
 from conftest import run_train, small_run_overrides
 from omegaconf import OmegaConf
 
+from aelab.config import MAX_NAME
 from aelab.loggers import hparams as hp
 
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
@@ -40,7 +41,7 @@ def test_names_stay_short_and_safe_as_folder_names():
     keys = [f"model.option_number_{i}" for i in range(8)]
     long = hp.name_of([f"{key}=1" for key in keys], keys)
     other = hp.name_of([f"{key}=2" for key in keys], keys)
-    assert len(long) == hp.MAX_NAME == len(other) and long != other
+    assert len(long) == MAX_NAME == len(other) and long != other
     assert long.startswith("option_number_0=1,option_number_1=1")
     assert long == hp.name_of([f"{key}=1" for key in keys], keys)  # the same every time
 
@@ -76,6 +77,7 @@ def test_hparams_are_what_runs_are_compared_by_swept_first(compose_cfg, monkeypa
     )
     assert values["model.optimizer"] == "Adam" and values["scheduler"] == "CosineAnnealingLR"
     assert values["model.latent_dim"] == 20 and values["seed"] == 7
+    assert "model.net.hidden_dims" not in values  # one column per searched key, not two
     assert values["data.dataset"] == "mnist" and values["data.batch_size"] == 128
     assert not [name for name in values if "_target_" in name or "dir" in name]
     assert "data.chunk_size" not in values and "tags" not in values  # loading internals; none
@@ -218,4 +220,5 @@ def test_tensorboard_shows_a_sweep_at_a_glance(sweep_in_tensorboard):
         assert values["test/loss"] == pytest.approx(tested["test/loss"], rel=1e-6)
         assert session["status"] == "STATUS_SUCCESS"
         assert group["name"] == f"{sweep_dir.name}/{session['name'].removesuffix('/hparams')}"
-        assert group["hparams"]["model.latent_dim"] == {"0": 2, "1": 4, "2": 8}[job]
+        # integers as the config spells them, not HParams' floats (2.00)
+        assert group["hparams"]["model.latent_dim"] == {"0": "2", "1": "4", "2": "8"}[job]

@@ -5,10 +5,12 @@ editable clone does; a user adds groups of their own with `--config-dir DIR` or
 `hydra.searchpath=[file://DIR]`, without touching the package.
 """
 
+import hashlib
 import os
+import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -39,6 +41,60 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+MAX_NAME = 64  # characters of a run name; a longer one keeps its start and a hash of the rest
+UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")  # what a folder name does not keep
+
+
+def is_path(key: str) -> bool:
+    """Whether override `key` names a folder or file (`paths.*`, `data.data_dir`, `ckpt_path`):
+    never what tells runs apart."""
+    last = key.rsplit(".", 1)[-1]
+    return key.split(".", 1)[0] in ("paths", "hydra") or last.endswith(("dir", "path", "_from"))
+
+
+def parse_overrides(overrides: list[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Each key's shortest dotted tail that no other key shares and that is not a bare list
+    index: `model.latent_dim` -> `latent_dim`, `model.net.hidden_dims.0` -> `hidden_dims.0`."""
+    short = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            clash = any(other != key and f".{other}".endswith(f".{tail}") for other in keys)
+            if not parts[-n].isdigit() and not clash:
+                break
+        short[key] = tail
+    return short
+
+
+def _short_value(value: str) -> str:
+    """Floats to four significant digits (Optuna draws 0.000345678...), the rest as given."""
+    if re.fullmatch(r"-?\d*\.\d*(e-?\d+)?|-?\d+e-?\d+", value):
+        return f"{float(value):.4g}"
+    return value.strip("[]'\"")
+
+
+def overrides_name(overrides: list[str], named: list[str]) -> str:
+    """A name made of the overrides of the keys `named`: `key=value` of each, joined by commas, keys
+    shortened (`short_keys`), safe as a folder name, at most MAX_NAME characters (a longer one
+    keeps its start and ends in a hash of the whole); "" if none."""
+    chosen = {o.key_or_group: o for o in parse_overrides(overrides) if o.key_or_group in named}
+    keys = [key for key in named if key in chosen]
+    short = short_keys(keys)
+    parts = [f"{short[key]}={_short_value(chosen[key].get_value_element_as_str())}" for key in keys]
+    name = UNSAFE.sub("_", ",".join(parts))
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_NAME - 9]}-{digest}"
+    return name
+
+
 def run_choices(run: Path) -> dict[str, str | None]:
     """The `model=` and `data=` a run was started with (from Hydra's record in its folder)."""
     record = run / ".hydra" / "hydra.yaml"
@@ -56,11 +112,17 @@ def resumable_runs(runs_dir: str | Path) -> list[Path]:
 
 
 def run_dir(
-    ckpt_path: str | None, runs_dir: str, model: str | None = None, data: str | None = None
+    ckpt_path: str | None,
+    runs_dir: str,
+    model: str | None = None,
+    data: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> str:
     """The run's folder: a resumed run goes on in the folder of its checkpoint (`ckpt_path=last`:
     the newest run under `runs_dir` of the same `model=` and `data=` that has one; a requeued
-    SLURM job: the run it started), a new run gets `runs_dir/<timestamp>`."""
+    SLURM job: the run it started), a new run gets `runs_dir/<timestamp>_<overrides>`, named by
+    its command line's overrides but folders (`2026-12-06_14-32-38_model=vae,data=fashion`), so
+    that `tensorboard --logdir logs` tells runs apart."""
     job = requeued_slurm_job()
     if ckpt_path is None and job:
         for marker in Path(runs_dir).glob(f"*/{SLURM_MARKER}"):
@@ -73,7 +135,11 @@ def run_dir(
                 return str(run.absolute())
     elif ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         return str(Path(ckpt_path).absolute().parent.parent)
-    return str(Path(runs_dir, run_stamp()).absolute())
+    given = [o for o in parse_overrides(list(overrides)) if not o.is_delete()]
+    name = overrides_name(
+        list(overrides), [o.key_or_group for o in given if not is_path(o.key_or_group)]
+    )
+    return str(Path(runs_dir, f"{run_stamp()}_{name}" if name else run_stamp()).absolute())
 
 
 def output_subdir(ckpt_path: str | None) -> str:

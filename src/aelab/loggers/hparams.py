@@ -6,19 +6,18 @@ command line (recorded by Hydra's basic sweeper in `<sweep dir>/multirun.yaml`) 
 of `hydra.sweeper.params` (where Optuna's search space lives); folders never count.
 """
 
-import hashlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from aelab.config import is_path, overrides_name, parse_overrides
+
 if TYPE_CHECKING:
     from hydra.conf import HydraConf
 
 SINGLE_RUN = "tensorboard"  # the run folder of a single run, or of a sweep that varies nothing
-MAX_NAME = 64  # characters of a run name; a longer one keeps its start and a hash of the rest
-UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")  # what a folder name does not keep
 # Compared by every run, after the swept keys. A config group (model, net, scheduler) shows the
 # option chosen (`vae`), a config node with a _target_ its class (`Adam`).
 COMPARED = (
@@ -50,19 +49,6 @@ COMPARED = (
 GROUP_NODES = {"net": "model.net", "scheduler": "model.scheduler"}  # groups not at their name
 
 
-def is_path(key: str) -> bool:
-    """Whether override `key` names a folder or file (`paths.*`, `data.data_dir`, `ckpt_path`):
-    never what tells runs apart."""
-    last = key.rsplit(".", 1)[-1]
-    return key.split(".", 1)[0] in ("paths", "hydra") or last.endswith(("dir", "path", "_from"))
-
-
-def _parse(overrides: list[str]) -> list:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create().parse_overrides(overrides)
-
-
 def _hydra() -> "HydraConf | None":
     """This job's Hydra config in a multirun; None in a single run or outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
@@ -83,48 +69,19 @@ def swept_keys() -> list[str]:
     if multirun.is_file():
         command_line = list(OmegaConf.load(multirun).hydra.overrides.task)
     # a search dimension that the command line fixes (data.batch_size=32) does not vary
-    fixed = {o.key_or_group for o in _parse(command_line) if not o.is_sweep_override()}
+    fixed = {o.key_or_group for o in parse_overrides(command_line) if not o.is_sweep_override()}
     params = hydra_cfg.sweeper.get("params") or {}
     searched = [f"{key}={value}" for key, value in params.items() if key not in fixed]
-    keys = [o.key_or_group for o in _parse(command_line + searched) if o.is_sweep_override()]
+    keys = [
+        o.key_or_group for o in parse_overrides(command_line + searched) if o.is_sweep_override()
+    ]
     return [key for key in dict.fromkeys(keys) if not is_path(key)]
 
 
-def short_keys(keys: list[str]) -> dict[str, str]:
-    """Each key's shortest dotted tail that no other key shares and that is not a bare list
-    index: `model.latent_dim` -> `latent_dim`, `model.net.hidden_dims.0` -> `hidden_dims.0`."""
-    short = {}
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, len(parts) + 1):
-            tail = ".".join(parts[-n:])
-            clash = any(other != key and f".{other}".endswith(f".{tail}") for other in keys)
-            if not parts[-n].isdigit() and not clash:
-                break
-        short[key] = tail
-    return short
-
-
-def _short_value(value: str) -> str:
-    """Floats to four significant digits (Optuna draws 0.000345678...), the rest as given."""
-    if re.fullmatch(r"-?\d*\.\d*(e-?\d+)?|-?\d+e-?\d+", value):
-        return f"{float(value):.4g}"
-    return value.strip("[]'\"")
-
-
 def name_of(overrides: list[str], swept: list[str]) -> str:
-    """The run name for a job with these overrides: `key=value` of each swept key, joined by
-    commas, keys shortened (`short_keys`), safe as a folder name, at most MAX_NAME characters
-    (a longer one keeps its start and ends in a hash of the whole); SINGLE_RUN if none."""
-    chosen = {o.key_or_group: o for o in _parse(overrides) if o.key_or_group in swept}
-    keys = [key for key in swept if key in chosen]
-    short = short_keys(keys)
-    parts = [f"{short[key]}={_short_value(chosen[key].get_value_element_as_str())}" for key in keys]
-    name = UNSAFE.sub("_", ",".join(parts))
-    if len(name) > MAX_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-        name = f"{name[: MAX_NAME - 9]}-{digest}"
-    return name or SINGLE_RUN
+    """The run name for a job with these overrides (`aelab.config.overrides_name`); SINGLE_RUN
+    if none of them is swept."""
+    return overrides_name(overrides, swept) or SINGLE_RUN
 
 
 def run_name() -> str:
@@ -164,6 +121,13 @@ def compared_hparams(cfg: DictConfig, seed: int) -> dict[str, Any]:
     """The hyperparameters runs are compared by, flat (`model.latent_dim`), the swept keys
     first, then COMPARED; unset ones left out. `seed` is the one used (a null seed is drawn)."""
     choices = _choices()
-    values = {name: _value(cfg, name, choices) for name in [*swept_keys(), *COMPARED]}
+    swept = swept_keys()
+    # one column per searched key: a swept `model.net.hidden_dims.0` replaces the whole list
+    compared = [
+        name
+        for name in COMPARED
+        if not any(re.fullmatch(rf"{re.escape(name)}\.\d+", key) for key in swept)
+    ]
+    values = {name: _value(cfg, name, choices) for name in [*swept, *compared]}
     values["seed"] = seed
     return {name: value for name, value in values.items() if value is not None}

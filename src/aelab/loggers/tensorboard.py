@@ -73,8 +73,9 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         params = vars(params) if isinstance(params, Namespace) else dict(params)
         self.hparams.update(params)
         if not self._session_started:
+            # integers as text: HParams shows every number as a float (`128.00`)
             values = {
-                name: value if isinstance(value, bool | int | float | str) else str(value)
+                name: value if isinstance(value, bool | float | str) else str(value)
                 for name, value in params.items()
                 if value is not None
             }
