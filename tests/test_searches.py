@@ -94,6 +94,17 @@ def test_a_killed_search_resumes_its_study_to_n_trials(resumed_search):
     assert "2 of 4 trials done or running" in second.stdout + second.stderr
     best = (sweep_dir / "optimization_results.yaml").read_text()
     assert f"best_value: {study.best_value}" in best
+    # each trial has its own values: no summary of groups of one
+    assert not (sweep_dir / "summary.csv").exists() and "no summary over seeds" in second.stdout
+
+
+def test_a_searched_float_prints_short_in_the_console_table_and_whole_in_the_files():
+    from aelab.sweeps.table import short_override
+
+    assert (
+        short_override("model.optimizer.lr=0.0073498792462323385") == "model.optimizer.lr=0.00735"
+    )
+    assert short_override("model=vae") == "model=vae" and short_override("seed=3") == "seed=3"
 
 
 @pytest.mark.slow

@@ -73,7 +73,7 @@ def short_keys(keys: list[str]) -> dict[str, str]:
     return short
 
 
-def _short_value(value: str) -> str:
+def short_value(value: str) -> str:
     """Floats to four significant digits (Optuna draws 0.000345678...), the rest as given."""
     if re.fullmatch(r"-?\d*\.\d*(e-?\d+)?|-?\d+e-?\d+", value):
         return f"{float(value):.4g}"
@@ -87,7 +87,7 @@ def overrides_name(overrides: list[str], named: list[str]) -> str:
     chosen = {o.key_or_group: o for o in parse_overrides(overrides) if o.key_or_group in named}
     keys = [key for key in named if key in chosen]
     short = short_keys(keys)
-    parts = [f"{short[key]}={_short_value(chosen[key].get_value_element_as_str())}" for key in keys]
+    parts = [f"{short[key]}={short_value(chosen[key].get_value_element_as_str())}" for key in keys]
     name = UNSAFE.sub("_", ",".join(parts))
     if len(name) > MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]

@@ -11,6 +11,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from aelab.config import short_value
 from aelab.sweeps.jobs import RESULT_FILE, read_record
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,12 @@ def number(value: float) -> str:
     if value == int(value) and abs(value) < 1e9:
         return str(int(value))
     return f"{value:.4f}" if abs(value) >= 1 else f"{value:#.4g}"
+
+
+def short_override(override: str) -> str:
+    """`key=value` with a float value to four significant digits."""
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{short_value(value)}" if sep else override
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -81,7 +88,10 @@ def write_table(
     for column in header:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*row, style=STYLES.get(row[2]))
+        # a searched float to four digits on screen (lr=0.007350, not 19 digits over 7 lines);
+        # the files keep it whole
+        shown = [row[0], " ".join(map(short_override, row[1].split())), *row[2:]]
+        table.add_row(*shown, style=STYLES.get(row[2]))
     Console(width=160).print(table)
     for r in records:
         if r["status"] == "failed":
@@ -97,4 +107,8 @@ class ResultsTable(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         write_table(sweep_dir)
+        if config.hydra.sweeper.get("_target_", "").endswith(".OptunaSweeper"):
+            # every trial of a search has values of its own: groups over seeds would be of one
+            log.info("A search: no summary over seeds (optimization_results.yaml has the best)")
+            return
         write_summary(sweep_dir, collect(sweep_dir))
