@@ -136,3 +136,15 @@ def test_an_unknown_export_format_is_one_line(tmp_path):
         ConfigError, match="format='torchscript' is not allowed; it must be onnx or exported"
     ):
         export(cfg)
+
+
+def test_the_api_compares_runs_by_the_names_the_command_line_gives(tmp_path):
+    """HParams shows `vae`, `mlp` for a run started from the API as for one from train.py (it
+    showed the class names, VAE and MLP), and the composed config holds no `hydra` node."""
+    import aelab
+    from aelab.loggers.hparams import compared_hparams
+
+    cfg = aelab.compose(["model=vae", "scheduler=cosine", f"paths.log_dir={tmp_path}"])
+    assert "hydra" not in cfg
+    values = compared_hparams(cfg, seed=1)
+    assert (values["model"], values["net"], values["scheduler"]) == ("vae", "mlp", "cosine")

@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aelab.config import CONFIG_DIR, METRICS_FILE, RESUMABLE, RUN_CONFIG, prepare_hydra, run_dir
 from aelab.errors import ConfigError
@@ -35,15 +35,26 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     made absolute."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
 
     prepare_hydra()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=list(overrides))
+        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    # Hydra's record of the choices, as a command line has it: HParams shows `model=vae` as
+    # `vae` (not the class name), `ckpt_path=last` finds the last run of the same model= data=
+    HydraConfig.instance().set_config(cfg)
+    choices = cfg.hydra.runtime.choices
+    with open_dict(cfg):
+        del cfg["hydra"]
     paths = cfg.paths
     if "hydra:" in str(cast(dict, OmegaConf.to_container(paths))["output_dir"]):
         runs = Path(paths.log_dir, cfg.task_name, "runs")
         ckpt_path = cfg.get("ckpt_path")
-        paths.output_dir = run_dir(ckpt_path, str(runs)) if ckpt_path else fresh_folder(runs)
+        paths.output_dir = (
+            run_dir(ckpt_path, str(runs), choices.get("model"), choices.get("data"))
+            if ckpt_path
+            else fresh_folder(runs)
+        )
     for key in ("data_dir", "log_dir", "output_dir"):
         paths[key] = str(Path(paths[key]).expanduser().absolute())
     return cfg

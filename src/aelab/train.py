@@ -125,7 +125,7 @@ def no_run_to_resume(cfg: DictConfig, run: Path) -> str:
     meant."""
     from hydra.core.hydra_config import HydraConfig
 
-    choices = HydraConfig.get().runtime.choices
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     wanted = f"model={choices.get('model')} data={choices.get('data')}"
     if (run / "checkpoints").is_dir():
         return f"{run} holds no checkpoint that loads; give the checkpoint's path"
