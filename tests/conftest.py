@@ -100,8 +100,12 @@ def small_run_overrides(data_dir: Path) -> list[str]:
 
 @pytest.fixture
 def compose_cfg():
-    """Compose the train config the way `python train.py` does (output_dir set explicitly)."""
+    """Compose the train config the way `python train.py` does (output_dir set explicitly),
+    outside a Hydra app: no HydraConfig left by an earlier `aelab.compose` in this process."""
+    from hydra.core.hydra_config import HydraConfig
+
     prepare_hydra()
+    HydraConfig.instance().cfg = None
 
     def _compose(*overrides: str, output_dir: Path | None = None):
         extra = [f"paths.output_dir={output_dir}"] if output_dir else []
