@@ -292,14 +292,19 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data_dir, tmp_p
 
 def test_run_folder_follows_the_checkpoint(tmp_path, monkeypatch):
     from aelab import config
-    from aelab.config import run_dir
+    from aelab.config import parse_overrides, run_dir
 
     monkeypatch.setattr(config, "run_stamp", lambda: "now")
     runs = tmp_path / "runs"
     assert run_dir(None, str(runs)) == f"{runs}/now"
     # a new run is named by its overrides, folders left out, for `tensorboard --logdir logs`
     given = ["model=vae", "data=fashion", "paths.data_dir=/d", "ckpt_path=null", "~logger"]
-    assert run_dir(None, str(runs), overrides=given) == f"{runs}/now_model=vae,data=fashion"
+    given += ["model.net.hidden_dims=[64,32]"]
+    named = run_dir(None, str(runs), overrides=given)
+    assert named == f"{runs}/now_model-vae+data-fashion+hidden_dims-64_32"
+    # its checkpoints' paths parse as overrides: no `=` or `,` (not a sweep, not an error)
+    (override,) = parse_overrides([f"ckpt_path={named}/checkpoints/last.ckpt"])
+    assert not override.is_sweep_override()
     assert run_dir("last", str(runs)) == f"{runs}/now", "nothing to resume: a fresh run"
     for name, age in [("old", 100), ("new", 10)]:
         checkpoint = runs / name / "checkpoints" / "last.ckpt"

@@ -43,6 +43,7 @@ def newest_checkpoint(folder: Path) -> Path | None:
 
 MAX_NAME = 64  # characters of a run name; a longer one keeps its start and a hash of the rest
 UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")  # what a folder name does not keep
+UNSAFE_IN_PATHS = re.compile(r"[^A-Za-z0-9._+-]+")  # nor a run folder, whose paths are overrides
 
 
 def is_path(key: str) -> bool:
@@ -80,15 +81,20 @@ def short_value(value: str) -> str:
     return value.strip("[]'\"")
 
 
-def overrides_name(overrides: list[str], named: list[str]) -> str:
-    """A name made of the overrides of the keys `named`: `key=value` of each, joined by commas, keys
-    shortened (`short_keys`), safe as a folder name, at most MAX_NAME characters (a longer one
-    keeps its start and ends in a hash of the whole); "" if none."""
+def overrides_name(overrides: list[str], named: list[str], in_paths: bool = False) -> str:
+    """A name made of the overrides of the keys `named`: `key=value` of each, joined by commas,
+    keys shortened (`short_keys`), safe as a folder name, at most MAX_NAME characters (a longer
+    one keeps its start and ends in a hash of the whole); "" if none. `in_paths`: `key-value`
+    joined by `+`, since a path holding `=` or `,` does not parse as a Hydra override
+    (`ckpt_path=<run>/checkpoints/last.ckpt`)."""
     chosen = {o.key_or_group: o for o in parse_overrides(overrides) if o.key_or_group in named}
     keys = [key for key in named if key in chosen]
     short = short_keys(keys)
-    parts = [f"{short[key]}={short_value(chosen[key].get_value_element_as_str())}" for key in keys]
-    name = UNSAFE.sub("_", ",".join(parts))
+    equals, comma, unsafe = ("-", "+", UNSAFE_IN_PATHS) if in_paths else ("=", ",", UNSAFE)
+    parts = [
+        f"{short[key]}{equals}{short_value(chosen[key].get_value_element_as_str())}" for key in keys
+    ]
+    name = unsafe.sub("_", comma.join(parts))
     if len(name) > MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         name = f"{name[: MAX_NAME - 9]}-{digest}"
@@ -121,7 +127,7 @@ def run_dir(
     """The run's folder: a resumed run goes on in the folder of its checkpoint (`ckpt_path=last`:
     the newest run under `runs_dir` of the same `model=` and `data=` that has one; a requeued
     SLURM job: the run it started), a new run gets `runs_dir/<timestamp>_<overrides>`, named by
-    its command line's overrides but folders (`2026-12-06_14-32-38_model=vae,data=fashion`), so
+    its command line's overrides but folders (`2026-12-06_14-32-38_model-vae+data-fashion`), so
     that `tensorboard --logdir logs` tells runs apart."""
     job = requeued_slurm_job()
     if ckpt_path is None and job:
@@ -136,9 +142,8 @@ def run_dir(
     elif ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         return str(Path(ckpt_path).absolute().parent.parent)
     given = [o for o in parse_overrides(list(overrides)) if not o.is_delete()]
-    name = overrides_name(
-        list(overrides), [o.key_or_group for o in given if not is_path(o.key_or_group)]
-    )
+    named = [o.key_or_group for o in given if not is_path(o.key_or_group)]
+    name = overrides_name(list(overrides), named, in_paths=True)
     return str(Path(runs_dir, f"{run_stamp()}_{name}" if name else run_stamp()).absolute())
 
 
