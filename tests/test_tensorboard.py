@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import run_train, small_run_overrides
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 
 from aelab.config import MAX_NAME
 from aelab.loggers import hparams as hp
+from aelab.loggers.tensorboard import trial_id
 
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
@@ -44,6 +46,18 @@ def test_names_stay_short_and_safe_as_folder_names():
     assert len(long) == MAX_NAME == len(other) and long != other
     assert long.startswith("option_number_0=1,option_number_1=1")
     assert long == hp.name_of([f"{key}=1" for key in keys], keys)  # the same every time
+
+
+def test_a_trial_id_starts_with_what_tells_runs_apart():
+    """HParams shows the first characters of a trial ID: the overrides, then the time."""
+    runs = Path("logs/train/runs")
+    single = runs / "2026-12-06_16-52-12_model-vae+data-fashion" / hp.SINGLE_RUN
+    assert trial_id(single) == "model-vae+data-fashion 2026-12-06_16-52-12"
+    assert trial_id(runs / "2026-12-06_16-52-12" / hp.SINGLE_RUN) == "2026-12-06_16-52-12"
+    job = Path("logs/train/multiruns/2026-12-06_11-49-55/0")
+    assert trial_id(job / "latent_dim=2") == "latent_dim=2 2026-12-06_11-49-55/0"
+    assert trial_id(job / hp.SINGLE_RUN) == "2026-12-06_11-49-55/0"  # a sweep varying nothing
+    assert trial_id(Path("/tmp/my_run") / hp.SINGLE_RUN) == "my_run"  # hydra.run.dir=/tmp/my_run
 
 
 def test_an_optuna_search_names_its_runs_by_the_searched_keys(tmp_path, monkeypatch):
@@ -174,11 +188,11 @@ def sweep_in_tensorboard(data_dir, tmp_path):
 def test_tensorboard_shows_a_sweep_at_a_glance(sweep_in_tensorboard):
     sweep_dir, tb = sweep_in_tensorboard
     names = ["0/latent_dim=2", "1/latent_dim=4", "2/latent_dim=8"]
-    runs = tb.wait_for("/data/runs", lambda runs: len(runs) == 6)
-    assert sorted(runs) == sorted([*names, *(f"{name}/hparams" for name in names)])
+    runs = tb.wait_for("/data/runs", lambda runs: len(runs) == 3)
+    assert sorted(runs) == names  # one run per job: no twin holding its HParams session
 
     # the losses: the training run's cards, Lightning's epoch out of the way, no hparams/ cards
-    tags = tb.wait_for("/data/plugin/scalars/tags", lambda tags: len(tags) == 6)
+    tags = tb.wait_for("/data/plugin/scalars/tags", lambda tags: len(tags) == 3)
     assert {"train/loss", "val/loss", "val/kl", "lr", "trainer/epoch"} <= set(tags[names[0]])
     assert "epoch" not in tags[names[0]]
     assert not [tag for run in tags.values() for tag in run if tag.startswith("hparams/")]
@@ -198,15 +212,15 @@ def test_tensorboard_shows_a_sweep_at_a_glance(sweep_in_tensorboard):
     graph = tb.get("/data/plugin/graphs/graph", run=names[1], **too_large)
     assert "encoder" in graph and "decoder" in graph
 
-    # HParams: the swept key first, no _target_, the tested checkpoint's val/loss
+    # HParams: the swept key first, no _target_, the tested checkpoint's val/loss as final/
     experiment = tb.get("/data/plugin/hparams/experiment", {"experimentName": ""})
     hparams = [info["name"] for info in experiment["hparamInfos"]]
     assert hparams[0] == "model.latent_dim" and experiment["hparamInfos"][0]["differs"]
     assert {"model", "model.optimizer.lr", "data.batch_size", "seed", "scheduler"} <= set(hparams)
     assert not [name for name in hparams if "_target_" in name or "dir" in name]
     metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
-    assert {"val/loss", "test/loss", "val/kl", "test/recon"} <= metrics
-    assert not [tag for tag in metrics if tag.startswith("train/") or "epoch" in tag]
+    assert {"final/val/loss", "final/test/loss", "final/val/kl", "final/test/recon"} <= metrics
+    assert {"val/loss", "train/loss"} <= metrics  # the curves' last values
 
     request = {"experimentName": "", "allowedStatuses": STATUSES, "startIndex": 0, "sliceSize": 10}
     groups = tb.get("/data/plugin/hparams/session_groups", request)["sessionGroups"]
@@ -216,9 +230,11 @@ def test_tensorboard_shows_a_sweep_at_a_glance(sweep_in_tensorboard):
         job = session["name"].split("/")[0]
         tested = json.loads((sweep_dir / job / "result.json").read_text())["metrics"]
         values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
-        assert values["val/loss"] == pytest.approx(tested["val/loss"], rel=1e-6)
-        assert values["test/loss"] == pytest.approx(tested["test/loss"], rel=1e-6)
+        assert values["final/val/loss"] == pytest.approx(tested["val/loss"], rel=1e-6)
+        assert values["final/test/loss"] == pytest.approx(tested["test/loss"], rel=1e-6)
         assert session["status"] == "STATUS_SUCCESS"
-        assert group["name"] == f"{sweep_dir.name}/{session['name'].removesuffix('/hparams')}"
+        # the trial ID starts with what tells the jobs apart (the table shows its start)
+        name = session["name"].split("/", 1)[1]
+        assert group["name"] == f"{name} {sweep_dir.name}/{job}"
         # integers as the config spells them, not HParams' floats (2.00)
         assert group["hparams"]["model.latent_dim"] == {"0": "2", "1": "4", "2": "8"}[job]

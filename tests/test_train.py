@@ -50,12 +50,12 @@ def test_training_run_logs_learns_and_checkpoints(data_dir, tmp_path, model):
     assert len(grid) == EPOCHS
     assert (grid[-1].width, grid[-1].height) == (8 * 30 + 2, 2 * 30 + 2)  # 8 originals over 8
     assert len(tb.Scalars("test/loss")) == 1
-    # the HParams session and its final metrics, in a sub-run of their own
-    session = EventAccumulator(str(run_dir / "tensorboard" / "hparams"))
-    session.Reload()
-    start = session.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    # the HParams session and its final metrics in the run itself: one run per training
+    start = tb.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     assert b"model.latent_dim" in start and b"seed" in start and b"_target_" not in start
-    assert session.Scalars("test/loss")[0].value == tb.Scalars("test/loss")[0].value
+    assert "_hparams_/session_end_info" in tb.PluginTagToContent("hparams")
+    assert tb.Scalars("final/test/loss")[0].value == tb.Scalars("test/loss")[0].value
+    assert not list((run_dir / "tensorboard").glob("*/**/events.out.tfevents.*"))  # no sub-run
     assert not [tag for tag in tb.Tags()["scalars"] if tag.startswith("hparams/")]
     (config,) = tb.Tensors("config/text_summary")
     assert b"commit `" in config.tensor_proto.string_val[0]  # the code's commit, above the config

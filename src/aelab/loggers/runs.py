@@ -24,9 +24,8 @@ def log_run_start(
 
 def log_final_metrics(loggers: Iterable[Logger], metrics: dict[str, float], step: int) -> None:
     """The tested checkpoint's `val/...` and `test/...` metrics as the run's own values: in
-    TensorBoard's HParams view, in W&B's run summary (what its runs table shows), and in the
-    others (MLflow, CSV) as `final/val/loss`, ... at the last step, so that the curves stay as
-    trained."""
+    W&B's run summary (what its runs table shows), in the others as `final/val/loss`, ... at the
+    last step, so that the curves stay as trained (TensorBoard: with the HParams session's end)."""
     from aelab.loggers.tensorboard import TensorBoardLogger
 
     final = {name: value for name, value in metrics.items() if name.startswith(("val/", "test/"))}

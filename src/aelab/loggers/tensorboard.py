@@ -2,12 +2,14 @@
 
 - The run folder (`<run>/<version>/`) is named by what tells a multirun's jobs apart
   (`aelab.loggers.hparams.run_name`): `0/latent_dim=2`, `1/latent_dim=8` in the run list.
-- HParams: the run's session and its final metrics live in the sub-run `<version>/hparams/`.
-  TensorBoard reads a session's metric values from the scalars of its own run, so they sit in
-  a run of their own (one point each, under the names they have in training) rather than as
-  `hparams/...` cards of the training run. No experiment summary is written: TensorBoard then
-  builds the table from all sessions it sees, puts the hyperparameters that differ first and
-  takes every final metric of every run as a column.
+- HParams: the run's session lives in the run itself, so that each training is one run in
+  every tab. TensorBoard takes the last value of each of a session's scalars as its metric
+  values; the tested checkpoint's metrics are logged once at the last step as `final/val/loss`,
+  `final/test/loss`, ... (the names MLflow and CSV get), its columns beside the curves' last
+  values. No experiment summary is written: TensorBoard then builds the table from all
+  sessions it sees (one summary would hide the columns of every other kind of run) and puts
+  the hyperparameters that differ first. The "Trial ID" starts with what tells runs apart
+  (`trial_id`), since the table shows only its first characters.
 - Custom Scalars: one chart per loss term with its `train/` and `val/` curves, one for the
   learning rate when it is logged, made from the names as they are logged.
 - Text: the run's config; Graphs: the network, traced once at start-up.
@@ -29,13 +31,13 @@ from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardL
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2
-from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import custom_scalars
 
-from aelab.loggers.hparams import run_name
+from aelab.loggers.hparams import SINGLE_RUN, run_name
+from aelab.loggers.runs import FINAL
 from aelab.models.base import TRAIN, VAL
 
-SESSION = "hparams"  # the sub-run holding the HParams session and the final metrics
+STAMP = re.compile(r"(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)_?(.*)")  # a run folder's `<stamp>_<overrides>`
 EPOCH = "trainer/epoch"  # where Lightning's `epoch` scalar goes
 LR_CHART = "learning rate"
 LR_TAGS = (r"^lr$", r"^lr-")  # the model's `lr` (with a scheduler), LearningRateMonitor's
@@ -79,32 +81,25 @@ class TensorBoardLogger(LightningTensorBoardLogger):
                 for name, value in params.items()
                 if value is not None
             }
-            # the table's "Trial ID": `<sweep>/<job>/<name>` rather than a hash of the values
-            trial = "/".join(Path(self.log_dir).parts[-3:])
-            with self._session_writer() as writer:
-                writer.file_writer.add_summary(summary_v2.hparams_pb(values, trial), 0)
+            trial = trial_id(Path(self.log_dir))
+            self.experiment.file_writer.add_summary(summary_v2.hparams_pb(values, trial), 0)
             self._session_started = True
         if metrics:
             self.log_final_metrics(metrics, step)
 
     @rank_zero_only
     def log_final_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """The run's final metrics (those of the tested checkpoint) as the HParams session's
-        values, and the session's end."""
+        """The run's final metrics (those of the tested checkpoint) as `final/<name>` at
+        `step`, one point each, and the HParams session's end."""
+        for name, value in metrics.items():
+            self.experiment.add_scalar(FINAL + name, value, step)
         end = plugin_data_pb2.SessionEndInfo(
             status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time()
         )
         content = plugin_data_pb2.HParamsPluginData(session_end_info=end)
-        with self._session_writer() as writer:
-            for name, value in metrics.items():
-                writer.add_scalar(name, value, step)
-            writer.file_writer.add_summary(
-                _hparams_summary(metadata.SESSION_END_INFO_TAG, content), step
-            )
-
-    def _session_writer(self) -> SummaryWriter:
-        """A writer of the session's sub-run, opened for each of its two records."""
-        return SummaryWriter(str(Path(self.log_dir) / SESSION))
+        summary = _hparams_summary(metadata.SESSION_END_INFO_TAG, content)
+        self.experiment.file_writer.add_summary(summary, step)
+        self.experiment.flush()
 
     @rank_zero_only
     def log_config(self, config_yaml: str, git: Mapping[str, Any]) -> None:
@@ -175,6 +170,21 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             )
         finally:
             model.train(training)
+
+
+def trial_id(log_dir: Path) -> str:
+    """HParams' "Trial ID" of the run logging to `log_dir`, what tells it apart first:
+    `model-vae+data-fashion 2026-12-06_16-52-12` for a single run
+    (`<stamp>_<overrides>/tensorboard`), `latent_dim=2 2026-12-06_11-49-55/0` for a multirun's
+    job (`<sweep stamp>/<job>/<name>`). Unique per run: runs with one ID are one group."""
+    parent = log_dir.parent
+    if log_dir.name != SINGLE_RUN:
+        return f"{log_dir.name} {parent.parent.name}/{parent.name}"
+    found = STAMP.fullmatch(parent.name)
+    if found and found.group(2):
+        return f"{found.group(2)} {found.group(1)}"
+    # a sweep's job that varies nothing (`<sweep stamp>/0`), a folder named by hydra.run.dir
+    return f"{parent.parent.name}/{parent.name}" if parent.name.isdigit() else parent.name
 
 
 def _hparams_summary(tag: str, content: plugin_data_pb2.HParamsPluginData) -> Summary:
