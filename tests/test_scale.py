@@ -256,8 +256,9 @@ def test_progress_bar_logs_a_line_per_epoch_where_it_cannot_draw(
             check_val_every_n_epoch=2,
         )
     lines = [r.getMessage() for r in caplog.records if r.name == "aelab.callbacks.progress"]
-    if terminal:  # the bar shows it all
+    if terminal:  # the bar shows it all, its epochs counted from 1 as the log lines are
         assert lines == []
+        assert bar.progress.tasks[bar.train_progress_bar_id].description.strip() == "Epoch 3/3"
         return
     assert [line.split(" steps in ")[0] for line in lines] == [
         "Epoch 1/3: 3",

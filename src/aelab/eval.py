@@ -32,6 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aelab.config import CONFIG_MODULE, run_app
 from aelab.errors import ConfigError, report_user_errors
+from aelab.quiet import quiet_third_parties
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.evaluation.reconstruction import reconstruction_mse
     from aelab.evaluation.runs import load_run
     from aelab.models.vae import DISCRETE, bits_per_dim
-    from aelab.train import instantiate_all, quiet_lightning_console
+    from aelab.train import instantiate_all
 
     weights = cfg.sample_metrics.inception_weights
     if cfg.sample_metrics.inception and weights is not None and not Path(weights).is_file():
@@ -56,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"sample_metrics.inception_weights={weights!r} is not a file; give the path of "
             "torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or null to download it"
         )
-    quiet_lightning_console()
+    quiet_third_parties()
     L.seed_everything(cfg.seed)
     run = load_run(cfg.ckpt_path)
     model, datamodule = run.model, run.datamodule(cfg.get("data_dir"))

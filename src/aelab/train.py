@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import subprocess
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +27,7 @@ from aelab.config import (
     run_choices,
 )
 from aelab.errors import ConfigError, Interrupted, report_user_errors
+from aelab.quiet import quiet_third_parties
 from aelab.runlock import run_lock
 from aelab.sweeps.jobs import run_sweep_job
 from aelab.validation import building, check_checkpoint, check_config, check_same_run
@@ -43,27 +43,6 @@ def instantiate_all(group: DictConfig | None) -> list:
     from hydra.utils import instantiate
 
     return [instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
-
-
-# Lightning's INFO lines that say nothing to an aelab user: its advertisement for LitLogger, and
-# its note that the config's own model summary callback stands in for its default one
-LIGHTNING_NOISE = ("litlogger", "Trainer already configured with model summary callbacks")
-
-
-def quiet_lightning_console() -> None:
-    """Send Lightning's messages through Hydra's log handlers only (it adds its own console
-    handler on import, which prints every line twice), minus LIGHTNING_NOISE and the
-    FutureWarning that torch 2.14 raises at every run inside Lightning's own
-    `_pytree.py` (LeafSpec; nothing a user of Lightning can change)."""
-    warnings.filterwarnings(
-        "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
-    )
-    lightning_logger = logging.getLogger("lightning")
-    if logging.getLogger().hasHandlers():
-        lightning_logger.handlers.clear()
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not any(noise in record.getMessage() for noise in LIGHTNING_NOISE)
-    )
 
 
 def local_rank() -> int:
@@ -224,7 +203,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     import lightning as L
 
-    quiet_lightning_console()
+    quiet_third_parties()
     seed = L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, seed)
     fetch_data(datamodule)

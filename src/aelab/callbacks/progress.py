@@ -62,6 +62,10 @@ class ProgressBar(RichProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            # counted from 1 as in the log line (Lightning's bar reads `Epoch 0/0` for one epoch)
+            label = f"{epoch_label(trainer):{len(self.validation_description)}}"
+            self.progress.update(self.train_progress_bar_id, description=label)
         self._epoch_start = time.monotonic()
         self._validated = False
         self._steps = 0
@@ -86,9 +90,13 @@ class ProgressBar(RichProgressBar):
             for name, value in sorted(trainer.callback_metrics.items())
             if name.startswith(stages)
         )
-        # counted from 1 (`Epoch 1/1` for max_epochs=1); Lightning's bar, checkpoint names and
-        # best_epoch count from 0
-        epoch = f"Epoch {trainer.current_epoch + 1}"
-        if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            epoch += f"/{trainer.max_epochs}"
-        return f"{epoch}: {self._steps} steps in {seconds:.1f} s; {metrics}"
+        return f"{epoch_label(trainer)}: {self._steps} steps in {seconds:.1f} s; {metrics}"
+
+
+def epoch_label(trainer: L.Trainer) -> str:
+    """`Epoch 1/1` for the first of one epoch: counted from 1, in the bar and the log line
+    (checkpoint names and `best_epoch` keep Lightning's count from 0)."""
+    epoch = f"Epoch {trainer.current_epoch + 1}"
+    if trainer.max_epochs is not None and trainer.max_epochs > 0:
+        epoch += f"/{trainer.max_epochs}"
+    return epoch

@@ -522,15 +522,20 @@ class ImageDataModule(L.LightningDataModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) to `device`, asynchronously to a GPU, as Lightning's default does,
-        but without searching the batch for things to move (docs/benchmarks.md)."""
-        images, labels = batch
+        but without searching the batch for things to move (docs/benchmarks.md). A bare tensor
+        is the model's example input (Lightning's model summary sends it through here)."""
         non_blocking = device.type == "cuda"
+        if isinstance(batch, torch.Tensor):
+            return batch.to(device, non_blocking=non_blocking)
+        images, labels = batch
         return (
             images.to(device, non_blocking=non_blocking),
             labels.to(device, non_blocking=non_blocking),
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # the model's example input
+            return batch
         images, labels = batch
         if images.dtype == torch.uint8:  # copied to the model's device as bytes
             images = to_float(images)

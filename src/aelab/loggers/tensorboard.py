@@ -37,7 +37,8 @@ from aelab.loggers.hparams import SINGLE_RUN, run_name
 from aelab.loggers.runs import FINAL
 from aelab.models.base import TRAIN, VAL
 
-STAMP = re.compile(r"(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)_?(.*)")  # a run folder's `<stamp>_<overrides>`
+# a run folder's name: `<stamp>_<overrides>`
+STAMP = re.compile(r"(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)_?(.*)")
 EPOCH = "trainer/epoch"  # where Lightning's `epoch` scalar goes
 LR_CHART = "learning rate"
 LR_TAGS = (r"^lr$", r"^lr-")  # the model's `lr` (with a scheduler), LearningRateMonitor's
@@ -141,17 +142,14 @@ class TensorBoardLogger(LightningTensorBoardLogger):
     @rank_zero_only
     # Lightning passes the LightningModule it trains, whose hparams this reads
     def log_graph(self, model: L.LightningModule, input_array: Any = None) -> None:  # type: ignore[override]
-        """Trace the network once (Lightning asks again before testing) on two blank images,
-        in eval mode and on a forked random stream so that training is not changed by it.
-        Traced directly: Lightning's own path sends the input through the datamodule's batch
-        hooks, which expect (images, labels)."""
+        """Trace the network once (Lightning asks again before testing) on the model's example
+        input (a blank image), in eval mode and on a forked random stream so that training is
+        not changed by it."""
         if not self._log_graph or self._graph_logged or getattr(model, "compile_modules", False):
             return
         self._graph_logged = True
         if input_array is None:
             input_array = model.example_input_array
-        if input_array is None and "image_shape" in model.hparams:
-            input_array = torch.zeros(2, *model.hparams["image_shape"])
         if input_array is None:
             return
         training = model.training

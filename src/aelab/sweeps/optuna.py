@@ -42,6 +42,7 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from aelab.errors import ConfigError, report_user_errors
+from aelab.quiet import quiet_third_parties
 from aelab.sweeps.jobs import read_record, write_record
 
 if TYPE_CHECKING:
@@ -271,6 +272,7 @@ class OptunaSearch(Sweeper):
         """Create the study, or load it to go on with it."""
         import optuna
 
+        quiet_third_parties()
         study = optuna.create_study(
             study_name=self.study_name,
             storage=open_storage(self.storage, sweep_dir),
