@@ -161,6 +161,26 @@ def test_a_key_that_nothing_reads_is_an_error(data_dir, tmp_path, overrides, fra
     assert not (tmp_path / "checkpoints").exists()  # refused before training
 
 
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["model.latnt_dim=3"], "error: model.latnt_dim is not a key of the config (did you mean"),
+        (["trainer.limit_train_batches=3"], "(trainer has default_root_dir, min_epochs,"),
+        # added with +, it composes, and the run's own check refuses it: one line too, no
+        # traceback (Hydra reports the run's errors as usual once the config is composed)
+        (["+model.latnt_dim=3"], "error: model.latnt_dim is not an argument of aelab.models.VAE"),
+    ],
+)
+def test_a_mistyped_key_names_the_nearest_one_in_one_line(tmp_path, overrides, line):
+    """Not Hydra's advice to add the key with +, which a key nothing reads only moves."""
+    result = run_train(*overrides, "paths.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and line in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "To append" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_help_lists_groups_and_options():
     result = run_train("--help")
     assert result.returncode == 0

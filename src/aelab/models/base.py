@@ -66,7 +66,8 @@ class AutoencoderModule(L.LightningModule):
         self.latent_dim = latent_dim
         self.net = build(net or DEFAULT_NET, image_shape=list(image_shape), latent_dim=latent_dim)
         # one blank image: Lightning's model summary shows FLOPs and sizes per image with it
-        self.example_input_array = torch.zeros(1, *image_shape)
+        # (not under compile: it would compile the network for a batch of one first)
+        self.example_input_array = None if compile else torch.zeros(1, *image_shape)
         self.optimizer_factory = _built(optimizer)
         self.scheduler_factory = _built(scheduler)
         self.compile_modules = compile
