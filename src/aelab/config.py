@@ -198,12 +198,24 @@ def user_cache_dir() -> str:
     return platform_cache_dir("aelab", appauthor=False)
 
 
+def help_groups() -> str:
+    """`--help`'s config groups: those this command composes (`group: option, ...`), where
+    Hydra's own list holds every group it finds (`train.py --help` listed results' `table`)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    loader = GlobalHydra.instance().config_loader()
+    groups = sorted(g for g in HydraConfig.get().runtime.choices if not g.startswith("hydra"))
+    return "\n".join(f"{g}: {', '.join(sorted(loader.get_group_options(g)))}" for g in groups)
+
+
 def prepare_hydra() -> None:
     """Register the resolvers the configs use."""
     for name, resolver in (
         ("aelab_run_dir", run_dir),
         ("aelab_output_subdir", output_subdir),
         ("aelab_user_cache_dir", user_cache_dir),
+        ("aelab_help_groups", help_groups),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
