@@ -33,4 +33,6 @@ def test_quickstart_notebook_runs(tmp_path):
     pictures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pictures) == 3  # reconstructions, samples, latent scatter
     assert not [o for o in outputs if o.output_type == "error"]
+    text = [o.get("text", "") + str(o.get("data", {})) for o in outputs]
+    assert not [t for t in text if "ipywidgets" in t]  # the `notebook` extra has them
     assert list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints/*.ckpt"))
