@@ -192,6 +192,8 @@ def test_eval_reproduces_test_loss_from_the_checkpoint_alone(trained_run, data_d
     output = (result.stdout + result.stderr).splitlines()
     (skipped,) = [line for line in output if "test/fid skipped" in line]
     assert "torch-fidelity is not installed" in skipped and "aelab[fid]" in skipped
+    assert "Test metric" not in result.stdout  # one table, ours: not Lightning's test table too
+    assert "GPU available" not in result.stdout + result.stderr  # Lightning at WARNING
     assert 0 <= evaluated["test/knn_acc"] <= 1
     # the metrics and what they came from, in files beside the events
     record = json.loads((tmp_path / "metrics.json").read_text())
@@ -366,14 +368,14 @@ def test_tensorboard_serves_the_run(trained_run):
         while True:
             try:
                 runs = get("/data/runs")
-                if len(runs) == 2:  # the run and its HParams session
+                if "tensorboard" in runs:
                     break
             except OSError:
                 pass
             assert time.monotonic() < deadline, "TensorBoard did not start"
             time.sleep(0.5)
         run = "tensorboard"
-        assert set(runs) == {run, f"{run}/hparams"}
+        assert not [name for name in runs if name.startswith(f"{run}/")]  # no HParams twin
         scalars = get("/data/plugin/scalars/tags")[run]
         assert {"train/loss", "val/loss", "test/loss", "val/kl"} <= set(scalars)
         images = get("/data/plugin/images/tags")[run]

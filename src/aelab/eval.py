@@ -86,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     settings: dict = {}
     metrics |= sample_metrics(cfg, model, datamodule, run.config.data.dataset, settings)
     log_latent_pictures(loggers, model, datamodule, step=0)
-    trainer.test(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule, verbose=False)  # in our table below, with the rest
     metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
 
     for lg in loggers:
