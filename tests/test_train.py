@@ -72,6 +72,7 @@ def test_training_run_logs_learns_and_checkpoints(data_dir, tmp_path, model):
     output = result.stderr + result.stdout
     assert "LeafSpec" not in output  # torch's warning inside Lightning
     assert "GPU available" not in output and "Seed set to" not in output  # Lightning at WARNING
+    assert "Training on cpu, 1 process, precision 32-true" in output  # ours, in their place
     # Lightning's summary runs the model's example input: FLOPs counted, not a column of 0
     assert "Total FLOPs" in output and not re.search(r"Total FLOPs: 0\s*$", output, re.M)
 

@@ -45,6 +45,16 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
 
 
+def devices_line(trainer: "L.Trainer") -> str:
+    """What the run trains on, in place of Lightning's "GPU available" lines (its INFO is
+    turned down, aelab/quiet.py): `Training on cpu, 1 process, precision 32-true`; under DDP
+    each process says which one it is (`process 2 of 2`), as Lightning's own lines did."""
+    accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+    size = trainer.world_size
+    who = f"process {trainer.global_rank + 1} of {size}" if size > 1 else "1 process"
+    return f"Training on {accelerator}, {who}, precision {trainer.precision}"
+
+
 def local_rank() -> int:
     """This process's rank on its node, as the launcher (torchrun, srun, Lightning) says."""
     return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
@@ -243,6 +253,7 @@ def fit_and_test_locked(
         save_run_config(cfg)
     loggers = instantiate_all(cfg.get("logger"))
     trainer = make_trainer(cfg, loggers)
+    log.info(devices_line(trainer))
     if cfg.speedups:
         speedups.apply(trainer, model)
     log_run_start(loggers, cfg, seed)
