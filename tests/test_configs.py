@@ -218,6 +218,22 @@ def test_cfg_and_help_do_not_import_torch(flags):
     assert "_target_: aelab.models.VAE" in result.stdout
 
 
+@pytest.mark.parametrize("module", ["train", "eval", "generate", "export"])
+def test_a_wrong_checkpoint_file_is_refused_before_torch_is_imported(module, tmp_path):
+    """At once, not after the seconds that importing torch and Lightning take."""
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    argv = ["x", f"ckpt_path={text}", f"hydra.run.dir={tmp_path / 'out'}"]
+    code = (
+        f"import sys; sys.argv = {argv!r}; from aelab.{module} import main\n"
+        "try:\n    main()\nexcept SystemExit as stop:\n    assert stop.code == 1, stop.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported first'"
+    )
+    result = run_python("-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "not a checkpoint (a checkpoint is the zip archive" in result.stderr
+
+
 def test_importing_the_package_has_no_side_effects():
     code = (
         "import os, sys; before = dict(os.environ); import aelab, aelab.train, aelab.eval, "

@@ -321,7 +321,7 @@ def test_latent_pictures_are_drawn_before_the_model_leaves_its_device(
 
 def test_eval_needs_the_run_folder(tmp_path):
     stray = tmp_path / "model.ckpt"
-    stray.write_bytes(b"")
+    torch.save({"state_dict": {}}, stray)  # a checkpoint file, outside any run folder
     result = run_module("aelab.eval", f"ckpt_path={stray}", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 1
     assert "no saved run config" in result.stderr.strip().splitlines()[-1]

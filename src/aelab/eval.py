@@ -33,6 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from aelab.config import CONFIG_MODULE, run_app
 from aelab.errors import ConfigError, report_user_errors
 from aelab.quiet import quiet_third_parties
+from aelab.validation import check_run_or_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """All test metrics of the checkpoint `cfg.ckpt_path`, printed and written to
     `metrics.json` and `metrics.csv` in this evaluation's folder."""
+    check_run_or_checkpoint(cfg.ckpt_path)
     import lightning as L
     import torch
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aelab.config import CONFIG_MODULE, run_app
 from aelab.errors import ConfigError, report_user_errors
+from aelab.validation import check_run_or_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -99,6 +100,7 @@ def export_module(
 def export(cfg: DictConfig) -> list[Path]:
     """Write the encoder and the decoder of the checkpoint `cfg.ckpt_path` in `cfg.format`;
     returns their paths."""
+    check_run_or_checkpoint(cfg.ckpt_path)
     from aelab.evaluation.runs import load_run
 
     if cfg.format not in FORMATS:

@@ -20,12 +20,14 @@ from omegaconf import DictConfig
 
 from aelab.config import CONFIG_MODULE, run_app
 from aelab.errors import report_user_errors
+from aelab.validation import check_run_or_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def generate(cfg: DictConfig) -> list[Path]:
     """Write the PNG grids of the checkpoint `cfg.ckpt_path`; returns their paths."""
+    check_run_or_checkpoint(cfg.ckpt_path)
     import torch
     from torchvision.utils import save_image
 

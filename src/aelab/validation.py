@@ -51,6 +51,9 @@ def _positive_int(value) -> bool:
 def check_config(cfg: DictConfig) -> None:
     """Reject values that cannot work and keys that nothing reads, naming the key and what is
     allowed."""
+    for key in ("ckpt_path", "init_from"):  # first: the checks below import the code (torch)
+        if cfg.get(key) not in (None, "last"):
+            check_checkpoint_file(key, cfg[key])
     _require(cfg, "model.latent_dim", _positive_int, "an integer > 0")
     _require(cfg, "model.optimizer.lr", lambda v: isinstance(v, int | float) and v > 0, POSITIVE)
     _require(cfg, "data.batch_size", _positive_int, "an integer > 0")
@@ -115,14 +118,12 @@ def check_arguments(key: str, node: Any) -> None:
             )
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint of this template, loaded weights-only (a file that would run code when
-    loaded, or is no checkpoint, is one clear line)."""
-    import torch
-
+def check_checkpoint_file(key: str, path: str | Path) -> None:
+    """`path` (given as `key`) exists and is a zip archive: checked before torch is imported,
+    so that a wrong file is refused at once."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"ckpt_path={str(path)!r} does not exist")
+        raise ConfigError(f"{key}={str(path)!r} does not exist")
     if not zipfile.is_zipfile(path):
         # torch.save writes zip archives; its own error for other files advises
         # weights_only=False, which would run whatever code a pickle holds
@@ -130,6 +131,22 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{path}: not a checkpoint (a checkpoint is the zip archive torch.save writes); "
             "a file cut short by a full disk or a killed copy looks like this too"
         )
+
+
+def check_run_or_checkpoint(path: str | Path) -> None:
+    """`ckpt_path` of eval, generate and export: a run folder, or a checkpoint file (checked
+    at once, before torch is imported)."""
+    if not Path(path).is_dir():
+        check_checkpoint_file("ckpt_path", path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint of this template, loaded weights-only (a file that would run code when
+    loaded, or is no checkpoint, is one clear line)."""
+    import torch
+
+    path = Path(path)
+    check_checkpoint_file("ckpt_path", path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
