@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """All test metrics of the checkpoint `cfg.ckpt_path`, printed and written to
     `metrics.json` and `metrics.csv` in this evaluation's folder."""
+    weights = cfg.sample_metrics.inception_weights
+    if cfg.sample_metrics.inception and weights is not None and not Path(weights).is_file():
+        raise ConfigError(
+            f"sample_metrics.inception_weights={weights!r} is not a file; give the path of "
+            "torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or null to download it"
+        )
     check_run_or_checkpoint(cfg.ckpt_path)
     import lightning as L
     import torch
@@ -53,12 +59,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.models.vae import DISCRETE, bits_per_dim
     from aelab.train import instantiate_all
 
-    weights = cfg.sample_metrics.inception_weights
-    if cfg.sample_metrics.inception and weights is not None and not Path(weights).is_file():
-        raise ConfigError(
-            f"sample_metrics.inception_weights={weights!r} is not a file; give the path of "
-            "torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or null to download it"
-        )
     quiet_third_parties()
     L.seed_everything(cfg.seed)
     run = load_run(cfg.ckpt_path)
