@@ -11,11 +11,27 @@ import pytest
 from conftest import REPO, small_run_overrides
 
 
+def test_an_editable_install_reads_the_configs_at_the_clones_root():
+    """configs/ is mapped into the package as aelab.configs; nothing else holds them."""
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    from aelab.config import CONFIG_DIR, prepare_hydra
+
+    assert CONFIG_DIR == REPO / "configs" and (CONFIG_DIR / "train.yaml").is_file()
+    assert not (REPO / "src" / "aelab" / "configs").exists()
+    # Hydra's own scan cannot list plugins served by the editable install's import hook
+    prepare_hydra()
+    names = {plugin.__name__ for plugin in Plugins.instance().discover(Sweeper)}
+    assert "OptunaSweeper" in names
+
+
 @pytest.mark.slow
 def test_a_wheel_installed_without_e_trains_from_an_unrelated_folder(data_dir, tmp_path):
     # built from a copy, so that setuptools' build folder does not land in the clone
     source = tmp_path / "source"
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    shutil.copytree(REPO / "configs", source / "configs")  # shipped as aelab.configs
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     wheels = tmp_path / "wheels"

@@ -1,8 +1,9 @@
 """Where the configs live, which folder a run writes to, and what Hydra needs before it composes.
 
-The configs ship inside the package (`aelab/configs/`), so an installed wheel finds them as an
-editable clone does; a user adds groups of their own with `--config-dir DIR` or
-`hydra.searchpath=[file://DIR]`, without touching the package.
+The configs live in `configs/` at the repository's root and ship inside the package as
+`aelab.configs`, so an installed wheel finds them as an editable clone does; a user adds
+groups of their own with `--config-dir DIR` or `hydra.searchpath=[file://DIR]`, without
+touching the package.
 """
 
 import difflib
@@ -21,7 +22,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-CONFIG_DIR = Path(str(files("aelab") / "configs"))
+# the package aelab.configs: configs/ at the clone's root (editable install) or in the wheel
+CONFIG_DIR = Path(str(files("aelab.configs")))
 CONFIG_MODULE = "pkg://aelab.configs"  # what `@hydra.main(config_path=...)` is given
 RESUMABLE = ("last.ckpt", "interrupted.ckpt")
 RUN_STAMP_KEY = "aelab/run_stamp"
@@ -210,7 +212,16 @@ def help_groups() -> str:
 
 
 def prepare_hydra() -> None:
-    """Register the resolvers the configs use."""
+    """Register the resolvers the configs use, and aelab's Hydra plugins: an editable install
+    serves `hydra_plugins.aelab_plugins` through setuptools' import hook (configs/ is mapped
+    into the package), whose namespace entry Hydra's plugin scan cannot list."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.aelab_plugins.launcher import JobProcessLauncher
+    from hydra_plugins.aelab_plugins.sweeper import OptunaSweeper
+
+    for plugin in (JobProcessLauncher, OptunaSweeper):
+        Plugins.instance().register(plugin)
     for name, resolver in (
         ("aelab_run_dir", run_dir),
         ("aelab_output_subdir", output_subdir),
