@@ -16,12 +16,13 @@ def test_an_editable_install_reads_the_configs_at_the_clones_root():
     from hydra.core.plugins import Plugins
     from hydra.plugins.sweeper import Sweeper
 
-    from aelab.config import CONFIG_DIR, prepare_hydra
+    from aelab.cli import register_plugins
+    from aelab.config import CONFIG_DIR
 
     assert CONFIG_DIR == REPO / "configs" and (CONFIG_DIR / "train.yaml").is_file()
     assert not (REPO / "src" / "aelab" / "configs").exists()
     # Hydra's own scan cannot list plugins served by the editable install's import hook
-    prepare_hydra()
+    register_plugins()
     names = {plugin.__name__ for plugin in Plugins.instance().discover(Sweeper)}
     assert "OptunaSweeper" in names
 

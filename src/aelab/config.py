@@ -6,21 +6,16 @@ groups of their own with `--config-dir DIR` or `hydra.searchpath=[file://DIR]`, 
 touching the package.
 """
 
-import difflib
 import hashlib
 import os
 import re
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
-from hydra.errors import CompactHydraException
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf import OmegaConf
 
 # the package aelab.configs: configs/ at the clone's root (editable install) or in the wheel
 CONFIG_DIR = Path(str(files("aelab.configs")))
@@ -212,16 +207,7 @@ def help_groups() -> str:
 
 
 def prepare_hydra() -> None:
-    """Register the resolvers the configs use, and aelab's Hydra plugins: an editable install
-    serves `hydra_plugins.aelab_plugins` through setuptools' import hook (configs/ is mapped
-    into the package), whose namespace entry Hydra's plugin scan cannot list."""
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.aelab_plugins.launcher import JobProcessLauncher
-    from hydra_plugins.aelab_plugins.sweeper import OptunaSweeper
-
-    for plugin in (JobProcessLauncher, OptunaSweeper):
-        Plugins.instance().register(plugin)
+    """Register the resolvers the configs use."""
     for name, resolver in (
         ("aelab_run_dir", run_dir),
         ("aelab_output_subdir", output_subdir),
@@ -230,64 +216,6 @@ def prepare_hydra() -> None:
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
-
-
-def run_app(hydra_main: Callable[[], object]) -> None:
-    """What every entry point does: register the resolvers, then run the module's `@hydra.main`
-    function (kept in each module: Hydra names the job after it).
-
-    A command line that does not compose is one line: a mistyped key (`model.latnt_dim=3`)
-    names the key it is closest to, where Hydra advises adding it with `+` (which only moves the
-    error: a key that is set and unused is refused). Hydra hands composition errors to the caller
-    while HYDRA_FULL_ERROR is set; it is set here until the run starts (`CheckOutputDir`), unless
-    the user set it, so errors in the run itself are reported as Hydra and aelab always do."""
-    prepare_hydra()
-    if "HYDRA_FULL_ERROR" in os.environ:
-        hydra_main()
-        return
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    _FULL_ERROR_SET_HERE.add(True)
-    try:
-        hydra_main()
-    except CompactHydraException as err:
-        print(composition_error(err), file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        composed()
-
-
-_FULL_ERROR_SET_HERE: set[bool] = set()  # {True} while run_app's HYDRA_FULL_ERROR is set
-
-
-def composed() -> None:
-    """The config composed: Hydra reports errors as usual from here on."""
-    if _FULL_ERROR_SET_HERE:
-        _FULL_ERROR_SET_HERE.clear()
-        os.environ.pop("HYDRA_FULL_ERROR", None)
-
-
-def composition_error(err: CompactHydraException) -> str:
-    """`error: model.latnt_dim is not a key of the config (did you mean model.latent_dim?) ...`
-    for an unknown key; Hydra's own message (an unknown option lists the known ones) else."""
-    cause = err.__cause__
-    parent = getattr(cause, "parent_node", None)
-    key = getattr(cause, "full_key", "")
-    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and isinstance(parent, DictConfig):
-        name = key.rsplit(".", 1)[-1]
-        where = key[: -len(name) - 1]
-        known = [str(k) for k in parent if not str(k).startswith("_") and k != "hydra"]
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = (
-            f"did you mean {where + '.' if where else ''}{close[0]}?"
-            if close
-            else f"{where or 'the top level'} has {', '.join(known)}"
-        )
-        return (
-            f"error: {key} is not a key of the config ({hint}); +{key}=... would add it, "
-            "for a key that the code reads (a Trainer argument, say)"
-        )
-    lines = [str(err), *([str(cause)] if isinstance(cause, OmegaConfBaseException) else [])]
-    return "\n".join(lines)
 
 
 def writable_dir_error(key: str, folder: str | Path) -> str | None:
@@ -301,22 +229,3 @@ def writable_dir_error(key: str, folder: str | Path) -> str | None:
     except OSError as err:
         return f"{key}={str(folder)!r} is not a writable folder ({err.strerror})"
     return None
-
-
-class CheckOutputDir(Callback):
-    """Hydra callback: an unwritable output folder is one clear line, not Hydra's traceback."""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        composed()
-        self._check("hydra.run.dir", config.hydra.run.dir)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        composed()
-        self._check("hydra.sweep.dir", config.hydra.sweep.dir)
-
-    @staticmethod
-    def _check(key: str, folder: str) -> None:
-        error = writable_dir_error(key, folder)
-        if error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(1)

@@ -30,7 +30,8 @@ from typing import cast
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from aelab.config import CONFIG_MODULE, run_app
+from aelab.cli import run_app
+from aelab.config import CONFIG_MODULE
 from aelab.errors import ConfigError, report_user_errors
 from aelab.quiet import quiet_third_parties
 from aelab.validation import check_run_or_checkpoint

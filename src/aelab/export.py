@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Literal
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from aelab.config import CONFIG_MODULE, run_app
+from aelab.cli import run_app
+from aelab.config import CONFIG_MODULE
 from aelab.errors import ConfigError, report_user_errors
 from aelab.validation import check_run_or_checkpoint
 

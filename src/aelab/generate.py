@@ -18,7 +18,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from aelab.config import CONFIG_MODULE, run_app
+from aelab.cli import run_app
+from aelab.config import CONFIG_MODULE
 from aelab.errors import report_user_errors
 from aelab.validation import check_run_or_checkpoint
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from aelab.config import CONFIG_MODULE, run_app
+from aelab.cli import run_app
+from aelab.config import CONFIG_MODULE
 from aelab.errors import AelabError, ConfigError, Interrupted, report_user_errors
 
 # (metric, heading) in the tables' order; a column only when some job has the metric

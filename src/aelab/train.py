@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from aelab.cli import run_app
 from aelab.config import (
     CONFIG_MODULE,
     METRICS_FILE,
@@ -23,7 +24,6 @@ from aelab.config import (
     newest_checkpoint,
     requeued_slurm_job,
     resumable_runs,
-    run_app,
     run_choices,
 )
 from aelab.errors import ConfigError, Interrupted, report_user_errors

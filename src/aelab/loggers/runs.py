@@ -23,19 +23,17 @@ def log_run_start(
 
 
 def log_final_metrics(loggers: Iterable[Logger], metrics: dict[str, float], step: int) -> None:
-    """The tested checkpoint's `val/...` and `test/...` metrics as the run's own values: in
-    W&B's run summary (what its runs table shows), in the others as `final/val/loss`, ... at the
-    last step, so that the curves stay as trained (TensorBoard: with the HParams session's end)."""
-    from aelab.loggers.tensorboard import TensorBoardLogger
-
+    """The tested checkpoint's `val/...` and `test/...` metrics as the run's own values, by the
+    logger's `log_final_metrics` where it has one (aelab's TensorBoard: `final/...` with the
+    HParams session's end; W&B: the run summary, what its runs table shows), else as
+    `final/val/loss`, ... at the last step (MLflow, CSV), so that the curves stay as trained."""
     final = {name: value for name, value in metrics.items() if name.startswith(("val/", "test/"))}
     if not final:
         return
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_final_metrics(final, step)
-        elif isinstance(logger, WandbLogger):
-            logger.experiment.summary.update(final)
+        own = getattr(logger, "log_final_metrics", None)
+        if own is not None:
+            own(final, step)
         else:
             logger.log_metrics({FINAL + name: value for name, value in final.items()}, step)
             logger.save()

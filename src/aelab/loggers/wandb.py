@@ -70,6 +70,11 @@ class WandbLogger(LightningWandbLogger):
         uploaded with it; W&B records the commit itself)."""
         (Path(self.experiment.dir) / "config.yaml").write_text(config_yaml)
 
+    @rank_zero_only
+    def log_final_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """The tested checkpoint's metrics as the run's summary: what W&B's runs table shows."""
+        self.experiment.summary.update(metrics)
+
 
 def wandb_mode() -> Mode:
     """`WANDB_MODE` if set, else online when an API key is configured, else offline."""

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -87,14 +88,18 @@ def not_started(job: int) -> Interrupted:
     return Interrupted(message)
 
 
+def is_pruned(err: BaseException) -> bool:
+    """Whether a job stopped because its trial was pruned (Optuna is imported only by then)."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(err, optuna.TrialPruned)
+
+
 def run_sweep_job(
     cfg: DictConfig,
     fit_and_test: Callable[[DictConfig], dict[str, float]],
     optimized: Callable[[DictConfig, dict[str, float]], float | None],
 ) -> float | None:
     """Run one job of a sweep; never let its failure abort the others."""
-    from aelab.sweeps.optuna import is_pruned
-
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     record = {"job": hydra_cfg.job.num, "overrides": " ".join(hydra_cfg.overrides.task)}

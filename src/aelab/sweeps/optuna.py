@@ -396,14 +396,6 @@ def report_best(study: "optuna.Study", sweep_dir: Path) -> None:
     log.info(f"Best value: {best.value}; trials: {results['trials']}")
 
 
-def is_pruned(err: BaseException) -> bool:
-    """Whether a job stopped because its trial was pruned (Optuna is imported only by then)."""
-    import sys
-
-    optuna = sys.modules.get("optuna")
-    return optuna is not None and isinstance(err, optuna.TrialPruned)
-
-
 def pruning_callbacks(monitor: str | None) -> list["L.Callback"]:
     """In a trial of a search with a pruner: the Lightning callback (optuna-integration's)
     that reports `monitor` every epoch and stops the trial when the pruner says so."""

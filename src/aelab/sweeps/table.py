@@ -8,9 +8,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
-
 from aelab.config import short_value
 from aelab.sweeps.jobs import RESULT_FILE, read_record
 
@@ -96,19 +93,3 @@ def write_table(
     for r in records:
         if r["status"] == "failed":
             log.warning(f"job {r['job']} failed ({r['overrides']}): {r['error']}")
-
-
-class ResultsTable(Callback):
-    """Hydra callback: after any multirun, one table of every job and their summary over seeds
-    (CSV, Markdown, console)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from aelab.sweeps.summary import write_summary
-
-        sweep_dir = Path(config.hydra.sweep.dir)
-        write_table(sweep_dir)
-        if config.hydra.sweeper.get("_target_", "").endswith(".OptunaSweeper"):
-            # every trial of a search has values of its own: groups over seeds would be of one
-            log.info("A search: no summary over seeds (optimization_results.yaml has the best)")
-            return
-        write_summary(sweep_dir, collect(sweep_dir))
