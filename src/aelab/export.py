@@ -101,11 +101,11 @@ def export_module(
 def export(cfg: DictConfig) -> list[Path]:
     """Write the encoder and the decoder of the checkpoint `cfg.ckpt_path` in `cfg.format`;
     returns their paths."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r} is not allowed; it must be onnx or exported")
     check_run_or_checkpoint(cfg.ckpt_path)
     from aelab.evaluation.runs import load_run
 
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"format={cfg.format!r} is not allowed; it must be onnx or exported")
     model = load_run(cfg.ckpt_path).model
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
