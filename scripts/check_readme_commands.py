@@ -78,8 +78,8 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
         "python train.py hparams_search=vae_optuna hydra.sweeper.n_trials=2 " + SMALL,
         "two trials",
     ),
-    "python train.py -m hydra/launcher=joblib hydra.launcher.n_jobs=2 ...": (
-        "python train.py -m hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=1,2 " + SMALL,
+    "python train.py -m hydra/launcher=processes hydra.launcher.n_jobs=2 ...": (
+        "python train.py -m hydra/launcher=processes hydra.launcher.n_jobs=2 seed=1,2 " + SMALL,
         "",
     ),
     "python train.py -m hydra/launcher=slurm hydra.launcher.partition=P trainer=gpu ...": (

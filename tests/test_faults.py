@@ -128,11 +128,11 @@ def test_sigterm_stops_a_sweep_and_each_rerun_resumes_the_interrupted_job(data_d
 
 @pytest.mark.slow
 def test_sigterm_stops_a_sweep_of_job_processes_sent_to_a_job_or_to_the_sweep(data_dir, tmp_path):
-    """hydra/launcher=joblib, each job in a process of its own: a job stopped by SIGTERM means
+    """hydra/launcher=processes, each job in a process of its own: a job stopped by SIGTERM means
     no later job starts, and SIGTERM sent to the sweep reaches the running job (nothing is left
     running on its own); the stopped jobs keep no record and each rerun resumes them."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", *args_for(data_dir)]
+    args = ["-m", "hydra/launcher=processes", "hydra.launcher.n_jobs=1", *args_for(data_dir)]
     args += ["seed=1,2", f"hydra.sweep.dir={sweep}"]
     env = signal_env(tmp_path)
     first = run_train(*args, *signal_args("SIGTERM"), env=env)  # job 0 is sent SIGTERM

@@ -1,4 +1,4 @@
-"""Multiruns: grids, Optuna, the joblib and submitit launchers, failing jobs, experiments."""
+"""Multiruns: grids, Optuna, the process and submitit launchers, failing jobs, experiments."""
 
 import csv
 import gc
@@ -93,13 +93,16 @@ def test_optuna_sees_failed_trials_as_worst(data_dir, tmp_path):
     assert best["best_value"] == float("inf")
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["processes", "joblib", "submitit_local"])
 def test_launchers(data_dir, tmp_path, launcher):
-    _, rows = sweep(data_dir, tmp_path, f"hydra/launcher={launcher}", "model=ae,vae")
+    result, rows = sweep(data_dir, tmp_path, f"hydra/launcher={launcher}", "model=ae,vae")
     assert [(r["overrides"], r["status"]) for r in rows] == [
         ("model=ae", "ok"),
         ("model=vae", "ok"),
     ]
+    # joblib is the old name of aelab's process launcher: one line says which launcher it gets
+    said = "hydra/launcher=joblib: aelab's process launcher (hydra/launcher=processes)"
+    assert (said in result.stdout + result.stderr) == (launcher == "joblib")
 
 
 def test_an_interrupted_grid_reruns_only_its_unfinished_jobs(data_dir, tmp_path):
@@ -145,13 +148,13 @@ class KillSelf(L.Callback):
 """
 
 
-def test_a_killed_joblib_job_fails_alone(data_dir, tmp_path):
+def test_a_killed_job_of_the_process_launcher_fails_alone(data_dir, tmp_path):
     (tmp_path / "killer.py").write_text(KILLER)
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = run_train(
         "-m",
-        "hydra/launcher=joblib",
+        "hydra/launcher=processes",
         "hydra.launcher.n_jobs=2",
         "model.latent_dim=2,8,16",
         "+callbacks.killer._target_=killer.KillSelf",

@@ -1,10 +1,11 @@
 """A Hydra launcher that runs each job of a multirun in a process of its own, `n_jobs` at once.
 
-`hydra/launcher=joblib` selects it (the name lightning-hydra-template's users know). Why not
-hydra-joblib-launcher: joblib's worker pool breaks when the operating system kills one worker
-(the OOM killer's SIGKILL), ends the whole sweep with `TerminatedWorkerError` and kills the jobs
-running beside it. Here every job is a fresh spawned process watched by a thread: one that dies
-is recorded as failed with its signal, and the other jobs run on.
+`hydra/launcher=processes` selects it (`hydra/launcher=joblib`, the name
+lightning-hydra-template's users know, too, with one line saying which launcher it gets). Why
+not hydra-joblib-launcher: joblib's worker pool breaks when the operating system kills one
+worker (the OOM killer's SIGKILL), ends the whole sweep with `TerminatedWorkerError` and kills
+the jobs running beside it. Here every job is a fresh spawned process watched by a thread: one
+that dies is recorded as failed with its signal, and the other jobs run on.
 
 SIGTERM (`kill`, a preempted node, `python -m aelab.results` stopped) is a request to stop, as in
 a sweep of one process (`aelab.sweeps.jobs`): sent to the sweep, it is passed on to the running
@@ -35,8 +36,8 @@ from aelab.errors import ConfigError, Interrupted
 from aelab.sweeps.jobs import killed_record, not_started, recorded_value, write_record
 
 log = logging.getLogger(__name__)
-# hydra-joblib-launcher's schema, which Hydra merges into this config when that plugin is
-# installed too: accepted at these values only, none of them applies here
+# hydra-joblib-launcher's schema, which Hydra merges into `hydra/launcher=joblib` when that
+# plugin is installed too: accepted at these values only, none of them applies here
 JOBLIB_DEFAULTS = {
     "backend": None,
     "prefer": "processes",
@@ -84,7 +85,12 @@ def run_in_child(payload: bytes, connection: Any) -> None:
 class ProcessLauncher(Launcher):
     """Each job in a spawned process of its own, `n_jobs` at a time (-1: one per CPU)."""
 
-    def __init__(self, n_jobs: int = -1, **joblib_schema: Any) -> None:
+    def __init__(self, n_jobs: int = -1, called: str = "processes", **joblib_schema: Any) -> None:
+        if called != "processes":
+            log.info(
+                f"hydra/launcher={called}: aelab's process launcher (hydra/launcher=processes), "
+                "each job in a process of its own"
+            )
         for key, value in joblib_schema.items():
             if key not in JOBLIB_DEFAULTS or value != JOBLIB_DEFAULTS[key]:
                 raise ConfigError(

@@ -236,7 +236,7 @@ def consecutive(numbers: list[int]) -> list[list[int]]:
 
 class OptunaSearch(Sweeper):
     """Hydra sweeper: an Optuna study over `params`, trials launched `n_jobs` at a time by the
-    configured launcher (in parallel with `hydra/launcher=joblib`)."""
+    configured launcher (in parallel with `hydra/launcher=processes`)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""`hydra/launcher=joblib`: see `aelab.sweeps.launcher`."""
+"""`hydra/launcher=processes` (or `joblib`): see `aelab.sweeps.launcher`."""
 
 from aelab.sweeps.launcher import ProcessLauncher
 

@@ -4,4 +4,4 @@
 # With N jobs at once give each 1/N of the cores, e.g. OMP_NUM_THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python train.py -m hydra/launcher=joblib hydra.launcher.n_jobs=2 model=ae,vae model.latent_dim=2,8 "$@"
+python train.py -m hydra/launcher=processes hydra.launcher.n_jobs=2 model=ae,vae model.latent_dim=2,8 "$@"
