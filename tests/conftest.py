@@ -1,6 +1,7 @@
 """Synthetic IDX datasets in torchvision's layout, so that no test needs the network or real data."""
 
 import gzip
+import socket
 import struct
 import sys
 from pathlib import Path
@@ -202,12 +203,10 @@ def assert_same_run(a: Path, b: Path) -> None:
     """Two run folders ended with the same weights (last.ckpt) and test metrics, to 1e-6: what
     an exact resume must give."""
     import torch
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     def final_state(run_dir: Path) -> tuple[dict, dict]:
         checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-        events = EventAccumulator(str(run_dir / "tensorboard"))
-        events.Reload()
+        events = read_events(run_dir / "tensorboard")
         tags = [t for t in events.Tags()["scalars"] if t.startswith("test/")]
         return checkpoint["state_dict"], {t: events.Scalars(t)[-1].value for t in tags}
 
@@ -219,3 +218,19 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert tests_a.keys() == tests_b.keys() == {"test/loss", "test/recon", "test/kl"}
     for tag in tests_a:
         assert tests_a[tag] == pytest.approx(tests_b[tag], abs=1e-6)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_events(folder: Path):
+    """The TensorBoard events in `folder`, every image kept, loaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"images": 0})
+    events.Reload()
+    return events

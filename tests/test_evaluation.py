@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_python, run_train, small_run_overrides
+from conftest import free_port, read_events, run_python, run_train, small_run_overrides
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelab.data.batches import TensorImages
 from aelab.errors import DataError
@@ -117,14 +116,12 @@ def trained_run(data_dir, tmp_path_factory):
 
 
 def _scalars(folder):
-    events = EventAccumulator(str(folder))
-    events.Reload()
+    events = read_events(folder)
     return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
 
 
 def _latent_pictures(folder):
-    events = EventAccumulator(str(folder), size_guidance={"images": 0})
-    events.Reload()
+    events = read_events(folder)
     projector = (folder / "projector_config.pbtxt").read_text()
     return set(events.Tags()["images"]), projector
 
@@ -327,14 +324,6 @@ def test_eval_needs_the_run_folder(tmp_path):
     assert "no saved run config" in result.stderr.strip().splitlines()[-1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_tensorboard_serves_the_run(trained_run):
     """A real TensorBoard server on the run folder, read back over HTTP on localhost."""
@@ -344,7 +333,7 @@ def test_tensorboard_serves_the_run(trained_run):
     import time
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,

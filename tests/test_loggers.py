@@ -5,7 +5,6 @@ own test below composes it alone), read back with each logger's own client; a re
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import small_run_overrides
+from conftest import free_port, read_events, small_run_overrides
 
 import aelab
 from aelab.errors import ConfigError
@@ -64,11 +63,9 @@ def mlflow_store(run) -> str:
 def test_many_reaches_tensorboard_csv_and_mlflow(run_of_all):
     import pandas as pd
     from mlflow import MlflowClient
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     final = run_of_all.metrics
-    events = EventAccumulator(str(run_of_all.folder / "tensorboard"), size_guidance={"images": 0})
-    events.Reload()
+    events = read_events(run_of_all.folder / "tensorboard")
     assert {"val/loss", "train/loss"} <= set(events.Tags()["scalars"])
     assert set(events.Tags()["images"]) >= IMAGES
 
@@ -146,12 +143,6 @@ def test_wandb_runs_offline_without_a_key(run_of_all):
     assert logged_images >= IMAGES
     assert list((run_dir / "files" / "media" / "images" / "latent").glob("scatter_*.png"))
     assert (run_dir / "files" / "config.yaml").is_file()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str, query: dict | None = None, body: dict | None = None) -> dict:

@@ -6,8 +6,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import run_train, small_run_overrides, write_dataset
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import read_events, run_train, small_run_overrides, write_dataset
 
 from aelab.errors import ConfigError
 from aelab.models import VAE, Autoencoder
@@ -70,9 +69,7 @@ def test_noise_corrupts_training_inputs_only(noise):
 
 
 def _events(run_dir):
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
-    events.Reload()
-    return events
+    return read_events(run_dir / "tensorboard")
 
 
 @pytest.mark.slow

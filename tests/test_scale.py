@@ -4,7 +4,6 @@ import importlib.util
 import json
 import math
 import os
-import socket
 import sys
 from datetime import timedelta
 from functools import partial
@@ -14,7 +13,15 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import REPO, VAL_SIZE, run_python, run_train, short_run, small_run_overrides
+from conftest import (
+    REPO,
+    VAL_SIZE,
+    free_port,
+    run_python,
+    run_train,
+    short_run,
+    small_run_overrides,
+)
 from lightning.pytorch.callbacks import RichProgressBar
 
 from aelab.callbacks import DivergenceGuard, ProgressBar
@@ -137,9 +144,7 @@ def _ddp_rank(rank: int, port: int, data_dir, folder) -> None:
 
 @pytest.mark.slow
 def test_ddp_reduces_training_metrics_and_stops_every_rank_on_divergence(data_dir, tmp_path):
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     torch.multiprocessing.spawn(_ddp_rank, args=(port, data_dir, tmp_path), nprocs=2)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     healthy = [r["None"] for r in ranks]
@@ -459,9 +464,7 @@ def test_torchrun_two_processes_train_into_one_run_folder(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_two_torchrun_nodes_train_into_one_run_folder(data_dir, tmp_path):
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     nodes = [
         _torchrun(
             *("--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1"),

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import output_of, run_train, small_run_overrides, start_train
+from conftest import free_port, output_of, run_train, small_run_overrides, start_train
 
 from aelab.errors import ConfigError
 
@@ -144,9 +143,7 @@ def test_a_study_without_a_record_of_its_overrides_goes_on_and_records_them(tmp_
 @pytest.mark.slow
 def test_optuna_dashboard_serves_the_study(resumed_search):
     sweep_dir, _ = resumed_search
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dashboard = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
     study_db = f"sqlite:///{sweep_dir / 'study.db'}"
     command = [dashboard, study_db, "--quiet", "--host", "127.0.0.1", "--port", str(port)]

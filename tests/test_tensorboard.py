@@ -2,7 +2,6 @@
 config and the network, read back from a real TensorBoard server over HTTP."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import run_train, small_run_overrides
+from conftest import free_port, read_events, run_train, small_run_overrides
 from omegaconf import OmegaConf
 
 from aelab.config import MAX_NAME
@@ -101,7 +100,6 @@ def test_hparams_are_what_runs_are_compared_by_swept_first(compose_cfg, monkeypa
 def test_the_network_is_traced_unless_compiled(compose_cfg, tmp_path, compiled):
     import lightning as L
     from hydra.utils import instantiate
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from aelab.loggers import TensorBoardLogger
 
@@ -111,16 +109,9 @@ def test_the_network_is_traced_unless_compiled(compose_cfg, tmp_path, compiled):
     logger = TensorBoardLogger(str(tmp_path))
     logger.log_graph(model)
     logger.finalize("success")
-    events = EventAccumulator(str(tmp_path / hp.SINGLE_RUN))
-    events.Reload()
+    events = read_events(tmp_path / hp.SINGLE_RUN)
     assert events.Tags()["graph"] is not compiled
     assert model.training  # traced in eval mode, handed back as it was
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TensorBoard:

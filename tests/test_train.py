@@ -5,9 +5,8 @@ import re
 
 import pytest
 import torch
-from conftest import run_train, small_run_overrides
+from conftest import read_events, run_train, small_run_overrides
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aelab.models import VAE, Autoencoder
 from aelab.train import train
@@ -25,9 +24,7 @@ EPOCHS = 4
 
 
 def events(run_dir):
-    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
-    accumulator.Reload()
-    return accumulator
+    return read_events(run_dir / "tensorboard")
 
 
 @pytest.mark.slow
