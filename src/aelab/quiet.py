@@ -4,8 +4,8 @@ Third-party libraries speak at WARNING and above: Lightning's "GPU available", "
 and "`Trainer.fit` stopped" lines, MLflow's database set-up and Optuna's "A new study created"
 say nothing that aelab's own lines (the run folder, `Resuming from ...`, the per-epoch line,
 the search's status) do not. `hydra.verbose=lightning` (or `mlflow`, `optuna`, or `true` for
-all) brings a library's messages back, at DEBUG, as Hydra's `verbose` does for any logger.
-Each library sets its own level when it is imported, so this runs after the import.
+all) leaves a library at the level it sets itself (INFO for all three). Each library sets its
+level when it is imported, so this runs after the import.
 
 Also dropped: LIGHTNING_NOISE, and the FutureWarning that torch 2.14 raises at every run
 inside Lightning's own `_pytree.py` (LeafSpec; nothing a user of Lightning can change).
