@@ -33,6 +33,12 @@ from aelab.models import VAE, Autoencoder
 MLP32 = {"_target_": "aelab.nets.MLP", "hidden_dims": [32]}
 
 
+# Process groups on 127.0.0.1, one test at a time (one xdist worker): two at once raced for
+# ports (a free port handed out by one, taken by the other's gloo pair: "Connection closed by
+# peer" in CI)
+DISTRIBUTED = pytest.mark.xdist_group("distributed")
+
+
 def _write_shard(rank: int, world: int, folder) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # the two processes meet on the loopback device
     dist.init_process_group(
@@ -44,6 +50,7 @@ def _write_shard(rank: int, world: int, folder) -> None:
     dist.destroy_process_group()
 
 
+@DISTRIBUTED
 def test_ranks_draw_disjoint_shards_under_torch_distributed(tmp_path):
     torch.multiprocessing.spawn(_write_shard, args=(2, tmp_path), nprocs=2)
     for epoch in (0, 1):
@@ -56,6 +63,7 @@ def test_ranks_draw_disjoint_shards_under_torch_distributed(tmp_path):
 
 
 @pytest.mark.slow
+@DISTRIBUTED
 def test_ddp_cpu_trains_two_processes_into_one_run_folder(data_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = run_train(
@@ -143,6 +151,7 @@ def _ddp_rank(rank: int, port: int, data_dir, folder) -> None:
 
 
 @pytest.mark.slow
+@DISTRIBUTED
 def test_ddp_reduces_training_metrics_and_stops_every_rank_on_divergence(data_dir, tmp_path):
     port = free_port()
     torch.multiprocessing.spawn(_ddp_rank, args=(port, data_dir, tmp_path), nprocs=2)
@@ -454,6 +463,7 @@ def _one_run_folder(log_dir):
 
 
 @pytest.mark.slow
+@DISTRIBUTED
 def test_torchrun_two_processes_train_into_one_run_folder(data_dir, tmp_path):
     process = _torchrun("--nproc-per-node", "2", log_dir=tmp_path / "logs", data_dir=data_dir)
     output = process.communicate(timeout=600)[0]
@@ -463,6 +473,7 @@ def test_torchrun_two_processes_train_into_one_run_folder(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+@DISTRIBUTED
 def test_two_torchrun_nodes_train_into_one_run_folder(data_dir, tmp_path):
     port = free_port()
     nodes = [
@@ -482,6 +493,7 @@ def test_two_torchrun_nodes_train_into_one_run_folder(data_dir, tmp_path):
     _one_run_folder(tmp_path / "logs")
 
 
+@DISTRIBUTED
 def test_torchrun_processes_take_rank_zeros_run_stamp(monkeypatch):
     """Processes that compose their config in different seconds still name one folder."""
     from aelab import config
@@ -521,6 +533,7 @@ def test_only_local_rank_zero_fetches_the_data(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@DISTRIBUTED
 def test_three_ranks_test_every_image_exactly_once(data_dir, tmp_path):
     """The same weights tested by 1 and by 3 processes give the same test/loss: 128 test images
     do not split evenly in 3, and none may be left out or counted twice."""
