@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,21 +42,32 @@ def _owner() -> dict[str, Any]:
 
 def stale_reason(lock: dict[str, Any], now: float | None = None) -> str | None:
     """Why the run that wrote `lock` no longer runs, or None if it may still."""
-    now = time.time() if now is None else now
     me = _owner()
     requeued = me["slurm_restart"] > lock.get("slurm_restart", 0)
     if lock.get("slurm_job") and lock["slurm_job"] == me["slurm_job"] and requeued:
         return f"it is SLURM job {lock['slurm_job']}'s own, from before its requeue"
-    if lock.get("host") == me["host"]:
+    return gone(lock, STALE_S, now)
+
+
+def gone(
+    who: Mapping[str, Any], stale_s: float, now: float | None = None, own_pid_alive: bool = True
+) -> str | None:
+    """Why the process that `who` names (`host`, `pid`, `heartbeat`: a run's lock, an Optuna
+    worker's trial) no longer runs, or None if it may still. On this host its process is asked
+    (`own_pid_alive=False`: this very process id is a dead one's, reused); on another host, a
+    heartbeat older than `stale_s` says it stopped."""
+    if who.get("host") == socket.gethostname():
+        if who["pid"] == os.getpid() and not own_pid_alive:
+            return f"its process id {who['pid']} is now this process's"
         try:
-            os.kill(lock["pid"], 0)
+            os.kill(who["pid"], 0)
         except ProcessLookupError:
-            return f"its process {lock['pid']} is gone"
+            return f"its process {who['pid']} is gone"
         except PermissionError:
-            pass
+            pass  # another user's live process
         return None
-    age = now - lock.get("heartbeat", 0)
-    return f"its heartbeat stopped {age:.0f} s ago" if age > STALE_S else None
+    age = (time.time() if now is None else now) - who.get("heartbeat", 0)
+    return f"its heartbeat stopped {age:.0f} s ago" if age > stale_s else None
 
 
 def _write(path: Path, lock: dict[str, Any]) -> None:

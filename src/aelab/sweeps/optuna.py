@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aelab.errors import ConfigError, report_user_errors
 from aelab.quiet import quiet_third_parties
+from aelab.runlock import gone
 from aelab.sweeps.jobs import read_record, write_record
 
 if TYPE_CHECKING:
@@ -140,16 +141,9 @@ def worker() -> dict[str, Any]:
 
 
 def worker_alive(who: dict[str, Any]) -> bool:
-    """Whether the worker of a running trial still runs (on another host: its heartbeat)."""
-    if who["host"] != socket.gethostname():
-        return time.time() - who["heartbeat"] < STALE_S
-    try:
-        os.kill(who["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return who["pid"] != os.getpid()  # a trial of this very process id is a dead one's
+    """Whether the worker of a running trial still runs (on another host: its heartbeat). Asked
+    before this worker runs any: a trial of this very process id is a dead one's."""
+    return gone(who, STALE_S, own_pid_alive=False) is None
 
 
 def counted(study: "optuna.Study", before: int | None = None) -> int:
