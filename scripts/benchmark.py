@@ -74,7 +74,7 @@ from aelab.data.idx import read_idx
 from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
 from aelab.machine import cpu_name
 from aelab.speedups import NVML_CHECK, skip_nvml_probe_without_cuda
-from aelab.train import train
+from aelab.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 

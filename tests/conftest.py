@@ -183,7 +183,7 @@ def short_run(compose_cfg, data_dir: Path, tmp_path: Path, *overrides: str):
     from hydra.utils import instantiate
 
     from aelab import speedups
-    from aelab.train import instantiate_all, make_trainer
+    from aelab.training import instantiate_all, make_trainer
 
     cfg = compose_cfg(
         *small_run_overrides(data_dir),

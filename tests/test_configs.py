@@ -115,7 +115,7 @@ def test_scheduler_is_a_partial_completed_with_the_optimizer(compose_cfg):
 def test_optional_callbacks_are_added_by_name(compose_cfg, tmp_path):
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
-    from aelab.train import instantiate_all
+    from aelab.training import instantiate_all
 
     cfg = compose_cfg(
         "callbacks=[default,early_stopping,lr_monitor]",

@@ -307,7 +307,7 @@ def test_eval_computes_its_metrics_on_the_device_the_model_runs_on(
 def test_latent_pictures_are_drawn_before_the_model_leaves_its_device(
     compose_cfg, data_dir, tmp_path, model_leaves_its_device_at_teardown
 ):
-    from aelab.train import train
+    from aelab.training import train
 
     cfg = compose_cfg(
         "debug=fast", "test=false", *small_run_overrides(data_dir), output_dir=tmp_path

@@ -288,7 +288,7 @@ def test_reconstruction_mse_is_the_same_measure_for_every_family():
 def test_family_trains_from_the_train_config(
     compose_cfg, data_dir, tmp_path, family, terms, samples
 ):
-    from aelab.train import fit_and_test
+    from aelab.training import fit_and_test
 
     cfg = compose_cfg(
         f"model={family}",

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from aelab.config import CONFIG_DIR
 from aelab.data.idx import read_idx
 from aelab.errors import AelabError, DataError, root_cause
-from aelab.train import build_datamodule, build_model
+from aelab.training import build_datamodule, build_model
 from aelab.validation import building, check_config
 
 IDX_CASES = 300  # examples per IDX property in CI (docs/troubleshooting.md)

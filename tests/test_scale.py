@@ -516,7 +516,7 @@ def test_only_local_rank_zero_fetches_the_data(tmp_path, monkeypatch):
     """The node's other processes wait for complete files and never download or repair them."""
     from conftest import write_dataset
 
-    from aelab.train import fetch_data
+    from aelab.training import fetch_data
 
     dm = ImageDataModule("mnist", str(tmp_path), val_size=128, system_dirs=[])
     monkeypatch.setattr(ImageDataModule, "prepare_data", lambda self: pytest.fail("fetched"))

@@ -22,7 +22,7 @@ from aelab.speedups import (
     skip_hook_name_checks,
     skip_nvml_probe_without_cuda,
 )
-from aelab.train import make_trainer
+from aelab.training import make_trainer
 
 
 def test_trainer_profiles_for_free_unless_asked(compose_cfg, data_dir, tmp_path):

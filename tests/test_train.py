@@ -9,7 +9,7 @@ from conftest import read_events, run_train, small_run_overrides
 from omegaconf import OmegaConf
 
 from aelab.models import VAE, Autoencoder
-from aelab.train import train
+from aelab.training import train
 
 SCALARS = {
     "ae": ["train/loss", "val/loss", "test/loss"],

@@ -74,7 +74,7 @@ def fresh_folder(runs: Path) -> str:
 def fit(cfg: DictConfig) -> "Run":
     """Train `cfg` (from `compose`) in its run folder, test its best checkpoint, and return the
     finished run."""
-    from aelab.train import fit_and_test
+    from aelab.training import fit_and_test
 
     fit_and_test(cfg)
     return load_run(cfg.paths.output_dir)

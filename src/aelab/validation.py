@@ -48,12 +48,18 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and value > 0
 
 
+def check_files(cfg: DictConfig) -> None:
+    """The checkpoint files a run reads are checkpoints: checked before anything imports torch,
+    so that a wrong file is refused at once."""
+    for key in ("ckpt_path", "init_from"):
+        if cfg.get(key) not in (None, "last"):
+            check_checkpoint_file(key, cfg[key])
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that cannot work and keys that nothing reads, naming the key and what is
     allowed."""
-    for key in ("ckpt_path", "init_from"):  # first: the checks below import the code (torch)
-        if cfg.get(key) not in (None, "last"):
-            check_checkpoint_file(key, cfg[key])
+    check_files(cfg)  # first: the checks below import the code (torch)
     _require(cfg, "model.latent_dim", _positive_int, "an integer > 0")
     _require(cfg, "model.optimizer.lr", lambda v: isinstance(v, int | float) and v > 0, POSITIVE)
     _require(cfg, "data.batch_size", _positive_int, "an integer > 0")

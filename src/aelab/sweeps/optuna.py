@@ -390,17 +390,22 @@ def report_best(study: "optuna.Study", sweep_dir: Path) -> None:
     log.info(f"Best value: {best.value}; trials: {results['trials']}")
 
 
-def pruning_callbacks(monitor: str | None) -> list["L.Callback"]:
-    """In a trial of a search with a pruner: the Lightning callback (optuna-integration's)
-    that reports `monitor` every epoch and stops the trial when the pruner says so."""
-    if not HydraConfig.initialized():
-        return []
-    hydra_cfg = HydraConfig.get()
-    sweeper = hydra_cfg.sweeper
-    if hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != PLUGIN:
-        return []
+def trial_pruning(monitor: str | None) -> "L.Callback":
+    """The callback that an Optuna search's config adds (`callbacks.trial_pruning`):
+    optuna-integration's, which reports `monitor` to this job's trial after every validation and
+    stops the trial when the search's pruner says so; a callback that does nothing under
+    `hydra/sweeper/pruner=none`."""
+    import lightning as L
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    sweeper = hydra_cfg.sweeper if hydra_cfg else {}
+    if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != PLUGIN:
+        raise ConfigError(
+            "callbacks.trial_pruning reports to the trial of an Optuna search "
+            "(hparams_search=...); remove it with ~callbacks.trial_pruning"
+        )
     if sweeper.get("pruner") is None:
-        return []
+        return L.Callback()
     if not monitor:
         raise ConfigError("hydra.sweeper.pruner needs optimized_metric, the metric it watches")
     import optuna
@@ -416,4 +421,4 @@ def pruning_callbacks(monitor: str | None) -> list["L.Callback"]:
     )
     study_id = storage.get_study_id_from_name(sweeper.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, hydra_cfg.job.num)
-    return [PyTorchLightningPruningCallback(optuna.trial.Trial(study, trial_id), monitor)]
+    return PyTorchLightningPruningCallback(optuna.trial.Trial(study, trial_id), monitor)
