@@ -137,11 +137,10 @@ def show_and_write(cfg: DictConfig, model_name: str, metrics: dict, settings: di
     `metrics.json` and `metrics.csv` in this evaluation's folder."""
     import pandas as pd
     from rich.console import Console
-    from rich.table import Table
 
     from aelab.checkpoints import write_atomically
     from aelab.config import METRICS_FILE
-    from aelab.sweeps.table import number
+    from aelab.sweeps.table import number, show
 
     folder = Path(cfg.paths.output_dir)
     settings = (
@@ -161,13 +160,8 @@ def show_and_write(cfg: DictConfig, model_name: str, metrics: dict, settings: di
         {"metric": list(record["metrics"]), "value": list(record["metrics"].values())}
     )
     write_atomically(folder / METRICS_CSV, rows.to_csv(index=False).encode())
-    table = Table(title=model_name)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in record["metrics"].items():
-        table.add_row(name, number(value))
+    show(rows.assign(value=rows["value"].map(number)), model_name, right=["value"])
     console = Console()
-    console.print(table)
     # paths unwrapped (the terminal folds them where it must, never Rich mid-word)
     console.print(f"checkpoint: {settings['checkpoint']}", soft_wrap=True, highlight=False)
     console.print(
@@ -288,12 +282,9 @@ def evaluate_all(cfg: DictConfig) -> list[dict]:
         records.append(record)
         gc.collect()  # the job's Trainer, model and data sit in reference cycles
     folder = folder or Path(cfg.paths.output_dir)
-    write_table(folder, records, "eval_results", metric_columns(records))
-    write_summary(folder, records, "eval_summary")
-    for name in ("eval_results.md", "eval_summary.md"):
-        if (folder / name).is_file():
-            with open(folder / name, "a") as table:
-                table.write(f"\n{protocol_line(cfg)}\n")
+    foot = protocol_line(cfg)
+    write_table(folder, records, "eval_results", metric_columns(records), foot)
+    write_summary(folder, records, "eval_summary", foot)
     return records
 
 

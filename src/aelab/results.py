@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
@@ -24,6 +25,9 @@ from omegaconf import DictConfig
 from aelab.cli import run_app
 from aelab.config import CONFIG_MODULE
 from aelab.errors import AelabError, ConfigError, Interrupted, report_user_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # (metric, heading) in the tables' order; a column only when some job has the metric
 COLUMNS = [
@@ -88,7 +92,7 @@ def table(cfg: DictConfig, dataset: str) -> str:
     `eval_summary.csv` ("not run yet" where there is none)."""
     import pandas as pd
 
-    from aelab.sweeps.summary import cell
+    from aelab.sweeps.table import markdown
 
     summaries = {}
     for row in cfg.table.rows:
@@ -98,23 +102,23 @@ def table(cfg: DictConfig, dataset: str) -> str:
     columns = [
         (m, h) for m, h in COLUMNS if any(pd.notna(s.get(f"{m}_mean")) for s in summaries.values())
     ]
-    lines = ["| row | n | failed | " + " | ".join(h for _, h in columns) + " |"]
-    lines.append("| --- | ---: | ---: |" + " ---: |" * len(columns))
-    for row in cfg.table.rows:
-        if row not in summaries:
-            lines.append(
-                f"| `{row}` | 0 | - | " + " | ".join("not run yet" for _ in columns) + " |"
-            )
-            continue
-        s = summaries[row]
-        cells = [cell(s.get(f"{m}_mean"), s.get(f"{m}_std")) or "-" for m, _ in columns]
-        lines.append(
-            f"| `{row}` | {int(s['n'])} | {int(s['failed'])} | " + " | ".join(cells) + " |"
-        )
+    headings = ["row", "n", "failed", *(h for _, h in columns)]
+    rows = [[f"`{row}`", *cells(summaries.get(row), columns)] for row in cfg.table.rows]
+    shown = pd.DataFrame(rows, columns=headings)
     accuracy = [s.get("test/classifier_acc_mean") for s in summaries.values()]
     known = [a for a in accuracy if a is not None and pd.notna(a)]
     note = f"\n\nThe feature classifier's own test accuracy: {known[0]:.2%}." if known else ""
-    return "\n".join(lines) + note
+    return markdown(shown, right=headings[1:]) + note
+
+
+def cells(summary: "pd.Series | None", columns: list[tuple[str, str]]) -> list[str]:
+    """A row's `n`, `failed` and mean ± std of each column; "not run yet" without a summary."""
+    from aelab.sweeps.table import mean_std
+
+    if summary is None:
+        return ["0", "-", *("not run yet" for _ in columns)]
+    means = [mean_std(summary.get(f"{m}_mean"), summary.get(f"{m}_std")) or "-" for m, _ in columns]
+    return [str(int(summary["n"])), str(int(summary["failed"])), *means]
 
 
 def machine() -> str:

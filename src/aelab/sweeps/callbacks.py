@@ -7,8 +7,6 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from aelab.sweeps.table import collect, write_table
-
 log = logging.getLogger(__name__)
 
 
@@ -17,7 +15,9 @@ class ResultsTable(Callback):
     (CSV, Markdown, console)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from aelab.sweeps.summary import write_summary  # pandas, only once a multirun ends
+        # pandas, only once a multirun ends: Hydra makes this callback for every run
+        from aelab.sweeps.summary import write_summary
+        from aelab.sweeps.table import collect, write_table
 
         sweep_dir = Path(config.hydra.sweep.dir)
         write_table(sweep_dir)

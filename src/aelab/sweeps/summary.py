@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aelab.sweeps.table import COLUMNS, STYLES, number
+from aelab.sweeps.table import COLUMNS, STYLES, mean_std, show, write_tables
 
 SEED = re.compile(r"^\+{0,2}seed=")  # seed=1, +seed=1, ++seed=1
 STATUSES = ("failed", "pruned")
@@ -53,42 +53,30 @@ def summarize(records: list[dict]) -> pd.DataFrame:
     return summary.rename_axis("overrides").reset_index()
 
 
-def cell(mean: float, std: float) -> str:
-    """mean ± std; the mean alone with one job; empty with none."""
-    if pd.isna(mean):
-        return ""
-    return number(mean) if pd.isna(std) else f"{number(mean)} ± {number(std)}"
-
-
-def write_summary(folder: Path, records: list[dict], name: str = "summary") -> pd.DataFrame:
-    """Write `<name>.csv` and `<name>.md` into `folder` and print the summary (no records:
-    nothing)."""
+def write_summary(
+    folder: Path, records: list[dict], name: str = "summary", foot: str = ""
+) -> pd.DataFrame:
+    """Write `<name>.csv` and `<name>.md` (then `foot`) into `folder` and print the summary (no
+    records: nothing)."""
     if not records:
         return pd.DataFrame()
     summary = summarize(records)
-    summary.to_csv(folder / f"{name}.csv", index=False)
-    metrics = metric_columns(records)
     shown = summary[["overrides", "n", *STATUSES]].astype(str)
-    for metric in metrics:
+    for metric in metric_columns(records):
         shown[metric] = [
-            cell(m, s)
+            mean_std(m, s)
             for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"], strict=True)
         ]
-    shown["overrides"] = shown["overrides"].str.replace("|", "\\|")
-    markdown = shown.to_markdown(index=False, tablefmt="github", disable_numparse=True)
-    (folder / f"{name}.md").write_text(markdown + "\n")
-
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"{len(records)} jobs in {folder} grouped by their overrides but seed: "
+    right = list(shown.columns[1:])
+    write_tables(folder, name, shown, right, data=summary, foot=foot)
+    # a group none of whose jobs finished, in the colour of why
+    failed = [next((s for s in STATUSES if row[s]), None) for _, row in summary.iterrows()]
+    styles = [
+        STYLES.get(f) if n == 0 and f else None for f, n in zip(failed, summary["n"], strict=True)
+    ]
+    title = (
+        f"{len(records)} jobs in {folder} grouped by their overrides but seed: "
         "mean ± sample std (ddof=1) over the finished jobs"
     )
-    for column in shown.columns:
-        table.add_column(column, overflow="fold")
-    for row, n in zip(shown.itertuples(index=False), summary["n"], strict=True):
-        failed = next((s for s in STATUSES if getattr(row, s) != "0"), None)
-        table.add_row(*row, style=STYLES.get(failed) if n == 0 and failed else None)
-    Console(width=160).print(table)
+    show(shown, title, styles, right)
     return summary

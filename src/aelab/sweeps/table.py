@@ -1,12 +1,17 @@
-"""One results table per multirun, gathered from the jobs' records: `results.csv` and
-`results.md` in the sweep folder, and printed. Failed and pruned jobs are rows too. Beside it,
-the summary over seeds (`aelab.sweeps.summary`): `summary.csv`, `summary.md`."""
+"""Tables, written one way: a pandas DataFrame as `<name>.csv`, `<name>.md` (Markdown through
+pandas' `to_markdown`) and a Rich table on screen, every number in one format (`number`,
+`mean_std`). They serve the results table of a multirun (here), its summary over seeds
+(`aelab.sweeps.summary`), aelab.eval's tables and the results command (`aelab.results`).
 
-import csv
+One results table per multirun, gathered from the jobs' records: `results.csv` and
+`results.md` in the sweep folder, and printed. Failed and pruned jobs are rows too."""
+
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+
+import pandas as pd
 
 from aelab.config import short_value
 from aelab.sweeps.jobs import RESULT_FILE, read_record
@@ -24,6 +29,54 @@ def number(value: float) -> str:
     return f"{value:.4f}" if abs(value) >= 1 else f"{value:#.4g}"
 
 
+def mean_std(mean: float | None, std: float | None) -> str:
+    """mean ± std; the mean alone with one job (no std); empty with none."""
+    if mean is None or pd.isna(mean):
+        return ""
+    return number(mean) if std is None or pd.isna(std) else f"{number(mean)} ± {number(std)}"
+
+
+def markdown(shown: pd.DataFrame, right: Sequence[str] = ()) -> str:
+    """`shown` (cells already text) as a Markdown table, the columns `right` aligned right."""
+    cells = shown.map(lambda cell: str(cell).replace("|", "\\|"))
+    align = ["right" if column in right else "left" for column in shown.columns]
+    return cells.to_markdown(index=False, tablefmt="pipe", disable_numparse=True, colalign=align)
+
+
+def write_tables(
+    folder: Path,
+    name: str,
+    shown: pd.DataFrame,
+    right: Sequence[str] = (),
+    data: pd.DataFrame | None = None,
+    foot: str = "",
+) -> None:
+    """`<name>.csv` (of `data`, full precision, else of `shown`) and `<name>.md` (of `shown`,
+    the columns `right` aligned right, then `foot`) in `folder`."""
+    (shown if data is None else data).to_csv(folder / f"{name}.csv", index=False)
+    text = markdown(shown, right) + "\n" + (f"\n{foot}\n" if foot else "")
+    (folder / f"{name}.md").write_text(text)
+
+
+def show(
+    shown: pd.DataFrame,
+    title: str,
+    styles: Sequence[str | None] | None = None,
+    right: Sequence[str] = (),
+) -> None:
+    """Print `shown` as a Rich table, each row in its style (`STYLES`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in shown.columns:
+        table.add_column(column, overflow="fold", justify="right" if column in right else "left")
+    rows = shown.astype(str).itertuples(index=False)
+    for row, style in zip(rows, styles or [None] * len(shown), strict=True):
+        table.add_row(*row, style=style)
+    Console(width=160).print(table)
+
+
 def short_override(override: str) -> str:
     """`key=value` with a float value to four significant digits."""
     key, sep, value = override.partition("=")
@@ -37,25 +90,22 @@ def collect(sweep_dir: Path) -> list[dict]:
     return sorted(records, key=lambda r: r["job"])
 
 
-def table_rows(
-    records: list[dict], columns: Sequence[str] = COLUMNS
-) -> tuple[list[str], list[list[str]]]:
-    """Header and rows; the overrides column keeps only what differs between jobs."""
+def results_frame(records: list[dict], columns: Sequence[str] = COLUMNS) -> pd.DataFrame:
+    """One row of text per job; the overrides column keeps only what differs between jobs."""
     shared = set.intersection(*(set(r["overrides"].split()) for r in records))
     present = [c for c in columns if any(c in r["metrics"] for r in records)]
-    header = ["job", "overrides", "status", *present, "seconds", "error"]
     rows = [
-        [
-            str(r["job"]),
-            " ".join(o for o in r["overrides"].split() if o not in shared),
-            r["status"],
-            *[number(r["metrics"][c]) if c in r["metrics"] else "" for c in present],
-            f"{r['seconds']:.1f}",
-            r["error"],
-        ]
+        {
+            "job": str(r["job"]),
+            "overrides": " ".join(o for o in r["overrides"].split() if o not in shared),
+            "status": r["status"],
+            **{c: number(r["metrics"][c]) if c in r["metrics"] else "" for c in present},
+            "seconds": f"{r['seconds']:.1f}",
+            "error": r["error"],
+        }
         for r in records
     ]
-    return header, rows
+    return pd.DataFrame(rows, columns=["job", "overrides", "status", *present, "seconds", "error"])
 
 
 def write_table(
@@ -63,33 +113,25 @@ def write_table(
     records: list[dict] | None = None,
     name: str = "results",
     columns: Sequence[str] = COLUMNS,
+    foot: str = "",
 ) -> None:
     """Write `<name>.csv` and `<name>.md` and print the table of every job recorded under
     `sweep_dir`, or of `records` (none: nothing)."""
     records = collect(sweep_dir) if records is None else records
     if not records:
         return
-    header, rows = table_rows(records, columns)
-    with open(sweep_dir / f"{name}.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    (sweep_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-
-    from rich.console import Console
-    from rich.table import Table
-
+    frame = results_frame(records, columns)
+    right = [c for c in frame.columns if c not in ("overrides", "status", "error")]
+    write_tables(sweep_dir, name, frame, right, foot=foot)
     counts = Counter(r["status"] for r in records)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    table = Table(title=f"{len(records)} jobs in {sweep_dir} ({summary})")
-    for column in header:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        # a searched float to four digits on screen (lr=0.007350, not 19 digits over 7 lines);
-        # the files keep it whole
-        shown = [row[0], " ".join(map(short_override, row[1].split())), *row[2:]]
-        table.add_row(*shown, style=STYLES.get(row[2]))
-    Console(width=160).print(table)
+    # a searched float to four digits on screen (lr=0.007350, not 19 digits over 7 lines); the
+    # files keep it whole
+    shown = frame.assign(
+        overrides=[" ".join(map(short_override, o.split())) for o in frame.overrides]
+    )
+    styles = [STYLES.get(status) for status in frame["status"]]
+    show(shown, f"{len(records)} jobs in {sweep_dir} ({summary})", styles, right)
     for r in records:
         if r["status"] == "failed":
             log.warning(f"job {r['job']} failed ({r['overrides']}): {r['error']}")
