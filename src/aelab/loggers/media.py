@@ -1,21 +1,51 @@
-"""Images and figures for every logger that shows them: TensorBoard, MLflow and W&B (CSV shows
-none), each through its public API: `SummaryWriter.add_image`, `MlflowClient.log_image` (a keyed
-image with a step, shown under the run's Model metrics / Artifacts) and `WandbLogger.log_image`.
+"""Images and figures for every logger that shows them, by its `add_image` and `add_figure`
+(`aelab.loggers.runs` on the dispatch): aelab's TensorBoard (`SummaryWriter.add_image`), MLflow
+(`MlflowClient.log_image`: a keyed image with a step, shown under the run's Artifacts) and W&B
+(`WandbLogger.log_image`) loggers. CSV shows none.
 """
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
-
-IMAGE_LOGGERS = (TensorBoardLogger, MLFlowLogger, WandbLogger)
+from lightning.pytorch.loggers import Logger
 
 
 def takes_images(logger: Logger) -> bool:
     """Whether `logger` shows images."""
-    return isinstance(logger, IMAGE_LOGGERS)
+    return hasattr(logger, "add_image")
+
+
+def log_image(loggers: Iterable[Logger], tag: str, image: torch.Tensor, step: int) -> None:
+    """Log a (C, H, W) image with values in [0, 1] under `tag` to every logger that shows
+    images."""
+    for logger in loggers:
+        if takes_images(logger):
+            logger.add_image(tag, image, step)  # type: ignore[attr-defined]
+
+
+def log_figure(loggers: Iterable[Logger], tag: str, figure: Any, step: int) -> None:
+    """Log a matplotlib figure under `tag` to every logger that shows images."""
+    for logger in loggers:
+        if takes_images(logger):
+            logger.add_figure(tag, figure, step)  # type: ignore[attr-defined]
+
+
+class ArrayImages(ABC):
+    """`add_image` and `add_figure` for a logger that takes pictures as (H, W, 3) uint8 arrays
+    (MLflow, W&B), through its `log_array`."""
+
+    @abstractmethod
+    def log_array(self, tag: str, array: np.ndarray, step: int) -> None:
+        """Log one (H, W, 3) uint8 picture under `tag`."""
+
+    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        self.log_array(tag, to_array(image), step)
+
+    def add_figure(self, tag: str, figure: Any, step: int) -> None:
+        self.log_array(tag, figure_array(figure), step)
 
 
 def to_array(image: torch.Tensor) -> np.ndarray:
@@ -34,37 +64,3 @@ def figure_array(figure: Any) -> np.ndarray:
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def log_image(loggers: Iterable[Logger], tag: str, image: torch.Tensor, step: int) -> None:
-    """Log a (C, H, W) image with values in [0, 1] under `tag` to every logger that shows
-    images."""
-    array = None
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(tag, image, step)
-            continue
-        if not takes_images(logger):
-            continue
-        array = to_array(image) if array is None else array
-        _log_array(logger, tag, array, step)
-
-
-def log_figure(loggers: Iterable[Logger], tag: str, figure: Any, step: int) -> None:
-    """Log a matplotlib figure under `tag` to every logger that shows images."""
-    array = None
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(tag, figure, step, close=False)
-            continue
-        if not takes_images(logger):
-            continue
-        array = figure_array(figure) if array is None else array
-        _log_array(logger, tag, array, step)
-
-
-def _log_array(logger: Logger, tag: str, array: np.ndarray, step: int) -> None:
-    if isinstance(logger, MLFlowLogger):
-        logger.experiment.log_image(logger.run_id, array, key=tag, step=step)
-    elif isinstance(logger, WandbLogger):
-        logger.log_image(key=tag, images=[array], step=step)

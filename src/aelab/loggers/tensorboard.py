@@ -111,6 +111,16 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         self.experiment.add_text("config", text, 0)
 
     @rank_zero_only
+    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """A (C, H, W) image with values in [0, 1] in the Images tab (`aelab.loggers.media`)."""
+        self.experiment.add_image(tag, image, step)
+
+    @rank_zero_only
+    def add_figure(self, tag: str, figure: Any, step: int) -> None:
+        """A matplotlib figure in the Images tab, left open for the other loggers."""
+        self.experiment.add_figure(tag, figure, step, close=False)
+
+    @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = {EPOCH if name == "epoch" else name: value for name, value in metrics.items()}
         super().log_metrics(metrics, step)

@@ -3,7 +3,8 @@
 So that a run never blocks on a login prompt: `mode` null takes `WANDB_MODE` when it is set,
 else `online` when W&B has an API key (`WANDB_API_KEY`, or the netrc entry `wandb login`
 writes), else `offline`: the run is kept in `<run>/wandb/offline-run-*/`, to upload later with
-`wandb sync`.
+`wandb sync`. Every other setting is Lightning's (or `wandb.init`'s) argument, given in
+configs/logger/wandb.yaml.
 """
 
 import netrc
@@ -12,12 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+import numpy as np
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from aelab.errors import ConfigError
 from aelab.loggers.extras import require
-from aelab.loggers.hparams import SINGLE_RUN, run_name
+from aelab.loggers.media import ArrayImages
+from aelab.loggers.runs import job_name
 
 Mode = Literal["online", "offline", "disabled"]
 # WANDB_MODE's values, with W&B's old names `dryrun` and `run`
@@ -30,20 +33,16 @@ MODES: dict[str, Mode] = {
 }
 
 
-class WandbLogger(LightningWandbLogger):
+class WandbLogger(ArrayImages, LightningWandbLogger):
     """Metrics, hyperparameters, images and the config of a run in W&B (see the module's
     docstring for `mode`); `name` null: in a multirun, the overrides that tell its jobs apart."""
 
     def __init__(
         self,
-        save_dir: str,
-        project: str = "aelab",
         name: str | None = None,
         mode: Mode | None = None,
-        entity: str | None = None,
-        group: str | None = None,
-        tags: list[str] | None = None,
         log_model: bool | Literal["all"] = False,
+        **kwargs: Any,
     ) -> None:
         require("wandb", "wandb", "logger=wandb")
         mode = mode or wandb_mode()
@@ -52,17 +51,7 @@ class WandbLogger(LightningWandbLogger):
                 f"logger.wandb.log_model={log_model!r} needs an online run; this one is {mode} "
                 "(set WANDB_API_KEY or run `wandb login`)"
             )
-        sweep_name = run_name()
-        super().__init__(
-            name=name or (None if sweep_name == SINGLE_RUN else sweep_name),
-            save_dir=save_dir,
-            project=project,
-            log_model=log_model,
-            mode=mode,
-            entity=entity,
-            group=group,
-            tags=tags,
-        )
+        super().__init__(name=name or job_name(), mode=mode, log_model=log_model, **kwargs)
 
     @rank_zero_only
     def log_config(self, config_yaml: str, git: dict[str, Any]) -> None:
@@ -74,6 +63,14 @@ class WandbLogger(LightningWandbLogger):
     def log_final_metrics(self, metrics: dict[str, float], step: int) -> None:
         """The tested checkpoint's metrics as the run's summary: what W&B's runs table shows."""
         self.experiment.summary.update(metrics)
+
+    def log_array(self, tag: str, array: np.ndarray, step: int) -> None:
+        """The run's media."""
+        self.log_image(key=tag, images=[array], step=step)
+
+    def end_run(self, failed: bool) -> None:
+        """Finish the W&B run, which stays open in its process otherwise."""
+        self.experiment.finish(exit_code=1 if failed else 0)
 
 
 def wandb_mode() -> Mode:
