@@ -23,6 +23,9 @@ POSITIVE = "a number > 0"
 PROFILERS = ("simple", "advanced", "pytorch", "xla")  # the names Lightning's Trainer knows
 # Set by the code that instantiates the node, not by the config.
 PROVIDED = {"model": {"image_shape"}, "model.net": {"image_shape", "latent_dim"}, "data": {"seed"}}
+# Where a `**kwargs` of the node's class goes: a model's `**shared` are AutoencoderModule's
+# arguments, checked as its own.
+HANDED_ON = {"model": "aelab.models.AutoencoderModule"}
 # Keys of the data config that may differ when a run is resumed: where the files are and how
 # they are loaded, not which images are trained on.
 DATA_LOADING = {
@@ -100,12 +103,17 @@ def check_arguments(key: str, node: Any) -> None:
         return
     target = node._target_
     try:
-        signature = inspect.signature(get_object(target))
+        takers = [get_object(target)]
+        parameters = dict(inspect.signature(takers[0]).parameters)
     except Exception:
         raise ConfigError(f"{key}._target_={target!r} cannot be imported") from None
-    parameters = signature.parameters
-    check_types(key, node, get_object(target))
-    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+    receiver = _receiver(key, takers[0]) if _hands_on(parameters) else None
+    if receiver is not None:
+        takers.append(receiver)
+        parameters = {n: p for n, p in parameters.items() if p.kind != p.VAR_KEYWORD}
+        parameters |= inspect.signature(receiver).parameters
+    check_types(key, node, *takers)
+    if _hands_on(parameters):
         return
     provided = PROVIDED.get(key, set())
     for name in node:
@@ -122,6 +130,21 @@ def check_arguments(key: str, node: Any) -> None:
                 f"{key}.{name} is not an argument of {target} (it takes {arguments}); "
                 f"remove it with ~{key}.{name}"
             )
+
+
+def _hands_on(parameters: typing.Mapping[str, inspect.Parameter]) -> bool:
+    return any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+def _receiver(key: str, target: Any) -> Any:
+    """The class that a `**kwargs` of `target`, the class of config `key`, goes to; None if
+    unknown (then any key passes)."""
+    from hydra.utils import get_object
+
+    receiver = get_object(HANDED_ON[key]) if key in HANDED_ON else None
+    if inspect.isclass(target) and receiver is not None and issubclass(target, receiver):
+        return receiver
+    return None
 
 
 def check_checkpoint_file(key: str, path: str | Path) -> None:
@@ -262,14 +285,17 @@ def _flat(node: Any, prefix: str) -> dict[str, Any]:
     return flat
 
 
-def check_types(key: str, node: DictConfig, target: Any) -> None:
-    """Every value given for `target` matches its type hint (an int where an int is wanted, a
-    list of ints, one of a Literal's values, ...), so that a wrong type is one line naming the
-    key instead of a traceback from deep inside the code. Hints this cannot read pass."""
-    try:
-        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-    except Exception:
-        return
+def check_types(key: str, node: DictConfig, *targets: Any) -> None:
+    """Every value given for `targets` (a class, and the one its `**kwargs` go to) matches its
+    type hint (an int where an int is wanted, a list of ints, one of a Literal's values, ...), so
+    that a wrong type is one line naming the key instead of a traceback from deep inside the
+    code. Hints this cannot read pass."""
+    hints: dict[str, Any] = {}
+    for target in reversed(targets):
+        try:
+            hints |= typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+        except Exception:
+            return
     for name in node:
         name = str(name)
         if name.startswith("_") or name not in hints:

@@ -6,14 +6,14 @@
 `model=conv_ae` are this one class with different networks and sizes.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aelab.models.base import AutoencoderModule, objects
+from aelab.models.base import AutoencoderModule
 from aelab.nets import activation
 
 
@@ -22,19 +22,11 @@ class Autoencoder(AutoencoderModule):
         self,
         image_shape: Sequence[int],
         latent_dim: int,
-        net: Mapping[str, Any] | None = None,
         latent_activation: str | None = None,
         output_activation: str | None = "sigmoid",
-        noise: str | None = None,
-        noise_level: float = 0.0,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        compile: bool = False,
+        **shared: Any,
     ) -> None:
-        super().__init__(
-            image_shape, latent_dim, net, optimizer, scheduler, compile, noise, noise_level
-        )
-        self.save_hyperparameters(logger=False, ignore=objects(optimizer, scheduler))
+        super().__init__(image_shape, latent_dim, **shared)
         code: list[nn.Module] = [nn.Linear(self.net.features, latent_dim)]
         if latent_activation is not None:
             code.append(activation(latent_activation, "model.latent_activation"))

@@ -1,6 +1,6 @@
-"""What every autoencoder shares: the network, the train/val/test steps, metric names, the
-optimizer and its scheduler."""
+"""What every autoencoder shares: network, train/val/test steps, metrics, optimizer, scheduler."""
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,11 +58,9 @@ class AutoencoderModule(L.LightningModule):
         super().__init__()
         if noise not in NOISES:
             raise ConfigError(f"model.noise={noise!r} is unknown; allowed: {list(NOISES)}")
-        if noise is not None and not 0 < noise_level <= (1 if noise == "masking" else 10):
-            allowed = "in (0, 1]" if noise == "masking" else "in (0, 10]"
-            raise ConfigError(
-                f"model.noise_level={noise_level} must be {allowed} for {noise} noise"
-            )
+        limit = 1 if noise == "masking" else 10
+        if noise is not None and not 0 < noise_level <= limit:
+            raise ConfigError(f"model.noise_level={noise_level} must be in (0, {limit}] ({noise})")
         self.latent_dim = latent_dim
         self.net = build(net or DEFAULT_NET, image_shape=list(image_shape), latent_dim=latent_dim)
         # one blank image: Lightning's model summary shows FLOPs and sizes per image with it
@@ -76,6 +74,7 @@ class AutoencoderModule(L.LightningModule):
         self.epoch_progress = 0.0  # epochs of training done, fractional: warm-ups read it
         self._sums: dict[str, tuple[torch.Tensor, int]] = {}  # this evaluation's sums, images
         self._rng_states_to_restore: dict | None = None
+        self.save_hyperparameters(logger=False, ignore=not_saved(type(self), optimizer, scheduler))
 
     def configure_model(self) -> None:
         """`model.compile=true`: torch.compile every submodule in place, which keeps the
@@ -100,12 +99,9 @@ class AutoencoderModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_states_to_restore = checkpoint.get("rng_states")
 
-    def _restore_rng_states(self) -> None:
+    def _restore_rng_states(self, states: dict) -> None:
         """The saved random states, at the first step after a resume: once everything before
         it has run (Lightning calls no epoch-start hook when it resumes mid-epoch)."""
-        states = self._rng_states_to_restore
-        if states is None:
-            return
         torch.set_rng_state(states["torch"])
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
@@ -146,7 +142,7 @@ class AutoencoderModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if self._rng_states_to_restore:
-            self._restore_rng_states()
+            self._restore_rng_states(self._rng_states_to_restore)
         x, _ = batch
         self.epoch_progress = self.current_epoch + batch_idx / max(
             1, self.trainer.num_training_batches
@@ -213,30 +209,35 @@ class AutoencoderModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
-            raise ConfigError(
-                "model.optimizer is not set; give a `_partial_: true` optimizer config"
-            )
+            raise ConfigError("model.optimizer is not set; choose one, e.g. optimizer=adam")
         with building("model.optimizer"):
             optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         with building("model.scheduler"):
-            scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+            schedule = {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
-def objects(optimizer: Any, scheduler: Any) -> list[str]:
-    """The names of the two arguments given as Python objects (a `functools.partial`) rather
-    than configs: not saved, so that every checkpoint loads weights-only."""
+def arguments(cls: type) -> set[str]:
+    """The arguments that `cls` takes by name: its own, and AutoencoderModule's when it hands
+    `**shared` on."""
+    parameters = inspect.signature(cls).parameters
+    names = {n for n, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        names |= arguments(AutoencoderModule)
+    return names
+
+
+def not_saved(cls: type, optimizer: Any, scheduler: Any) -> list[str]:
+    """What the hyperparameters of a `cls` (every argument of its own and its `**shared`) leave
+    out: an optimizer or scheduler given as a Python object (a `functools.partial`) rather than
+    a config, so that every checkpoint loads weights-only; and what a parent's `__init__` takes
+    that `cls` does not (IWAE's VAE sets `beta`)."""
     given = {"optimizer": optimizer, "scheduler": scheduler}
-    return [
-        name
-        for name, value in given.items()
-        if value is not None and not isinstance(value, Mapping)
-    ]
+    objects = [name for name, value in given.items() if not isinstance(value, Mapping | None)]
+    parents = {n for c in cls.__mro__ if issubclass(c, AutoencoderModule) for n in arguments(c)}
+    return [*objects, *(parents - arguments(cls))]
 
 
 def build(config: Mapping[str, Any], **kwargs: Any) -> Any:
@@ -245,8 +246,7 @@ def build(config: Mapping[str, Any], **kwargs: Any) -> Any:
     try:
         return instantiate(dict(config), **kwargs, _convert_="all")
     except InstantiationException as err:
-        cause = root_cause(err)
-        if isinstance(cause, AelabError):
+        if isinstance(cause := root_cause(err), AelabError):
             raise cause from None
         raise
 

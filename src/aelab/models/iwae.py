@@ -13,16 +13,13 @@ same k values log w_i: the ELBO estimated from the same draws, which lies below 
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from aelab.errors import ConfigError
-from aelab.models.base import objects
 from aelab.models.vae import VAE
-
-VAE_ONLY = ("beta", "kl_warmup_epochs")
 
 
 def iw_bound(log_w: torch.Tensor) -> torch.Tensor:
@@ -39,31 +36,14 @@ class IWAE(VAE):
         image_shape: Sequence[int],
         latent_dim: int = 50,
         k: int = 5,
-        net: Mapping[str, Any] | None = None,
         likelihood: str = "bernoulli",
         gaussian_std: float | None = None,
-        noise: str | None = None,
-        noise_level: float = 0.0,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        compile: bool = False,
+        **shared: Any,
     ) -> None:
         if k < 1:
             raise ConfigError(f"model.k={k} must be an integer >= 1 (samples per image)")
-        super().__init__(
-            image_shape,
-            latent_dim,
-            net,
-            likelihood,
-            gaussian_std,
-            noise=noise,
-            noise_level=noise_level,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            compile=compile,
-        )
-        # beta and kl_warmup_epochs are the VAE's, not arguments here
-        self.save_hyperparameters(logger=False, ignore=[*objects(optimizer, scheduler), *VAE_ONLY])
+        # beta and kl_warmup_epochs, the VAE's, are no arguments here (nor hyperparameters)
+        super().__init__(image_shape, latent_dim, likelihood, gaussian_std, **shared)
         self.k = k
 
     def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -15,15 +15,14 @@ the injected `net` (its encoder features get the q(z1|x) heads, its decoder maps
 the z1 <-> z2 networks are this model's own (`top_hidden_dims`, `top_activation`).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from aelab.errors import ConfigError
-from aelab.models.base import objects
-from aelab.models.iwae import VAE_ONLY, iw_bound
+from aelab.models.iwae import iw_bound
 from aelab.models.vae import VAE, draw_normal, gaussian_log_density
 from aelab.nets.layers import activation, mlp
 
@@ -69,14 +68,9 @@ class TwoLayerVAE(VAE):
         top_activation: str = "tanh",
         objective: str = "elbo",
         k: int = 1,
-        net: Mapping[str, Any] | None = None,
         likelihood: str = "bernoulli",
         gaussian_std: float | None = None,
-        noise: str | None = None,
-        noise_level: float = 0.0,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        compile: bool = False,
+        **shared: Any,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ConfigError(f"model.objective={objective!r} is unknown; allowed: {OBJECTIVES}")
@@ -87,19 +81,7 @@ class TwoLayerVAE(VAE):
         if not all(h > 0 for h in top_hidden_dims):
             raise ConfigError(f"model.top_hidden_dims={list(top_hidden_dims)}: sizes must be > 0")
         activation(top_activation, "model.top_activation")  # the error names this key
-        super().__init__(
-            image_shape,
-            latent_dim,
-            net,
-            likelihood,
-            gaussian_std,
-            noise=noise,
-            noise_level=noise_level,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            compile=compile,
-        )
-        self.save_hyperparameters(logger=False, ignore=[*objects(optimizer, scheduler), *VAE_ONLY])
+        super().__init__(image_shape, latent_dim, likelihood, gaussian_std, **shared)
         self.objective = objective
         self.k = k
         self.top_latent_dim = top_latent_dim

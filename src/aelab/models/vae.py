@@ -20,7 +20,7 @@ pytorch/examples, so the numbers are comparable. w(t) rises linearly from 0 to 1
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aelab.errors import ConfigError
-from aelab.models.base import AutoencoderModule, objects
+from aelab.models.base import AutoencoderModule
 
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
 DISCRETE = ("logistic",)  # likelihoods of 8-bit images: bits per dimension mean something
@@ -67,21 +67,13 @@ class VAE(AutoencoderModule):
         self,
         image_shape: Sequence[int],
         latent_dim: int = 20,
-        net: Mapping[str, Any] | None = None,
         likelihood: str = "bernoulli",
         gaussian_std: float | None = None,
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
-        noise: str | None = None,
-        noise_level: float = 0.0,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        compile: bool = False,
+        **shared: Any,
     ) -> None:
-        super().__init__(
-            image_shape, latent_dim, net, optimizer, scheduler, compile, noise, noise_level
-        )
-        self.save_hyperparameters(logger=False, ignore=objects(optimizer, scheduler))
+        super().__init__(image_shape, latent_dim, **shared)
         if likelihood not in LIKELIHOODS:
             raise ConfigError(
                 f"model.likelihood={likelihood!r} is unknown; allowed: {list(LIKELIHOODS)}"

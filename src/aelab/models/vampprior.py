@@ -13,7 +13,7 @@ decode. `test/nll_iw` uses the same mixture as log p(z) (`log_prior`).
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from aelab.errors import ConfigError
-from aelab.models.base import objects
 from aelab.models.vae import VAE, draw_normal, gaussian_log_density
 
 PSEUDO_INPUT_MEAN = 0.05  # the authors' initialisation of the pseudo-inputs for MNIST
@@ -51,35 +50,18 @@ class VampPriorVAE(VAE):
         self,
         image_shape: Sequence[int],
         latent_dim: int = 20,
-        num_pseudo_inputs: int = 500,
-        net: Mapping[str, Any] | None = None,
         likelihood: str = "bernoulli",
         gaussian_std: float | None = None,
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
-        noise: str | None = None,
-        noise_level: float = 0.0,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        compile: bool = False,
+        num_pseudo_inputs: int = 500,
+        **shared: Any,
     ) -> None:
         if num_pseudo_inputs < 1:
             raise ConfigError(f"model.num_pseudo_inputs={num_pseudo_inputs} must be >= 1")
         super().__init__(
-            image_shape,
-            latent_dim,
-            net,
-            likelihood,
-            gaussian_std,
-            beta,
-            kl_warmup_epochs,
-            noise,
-            noise_level,
-            optimizer,
-            scheduler,
-            compile,
+            image_shape, latent_dim, likelihood, gaussian_std, beta, kl_warmup_epochs, **shared
         )
-        self.save_hyperparameters(logger=False, ignore=objects(optimizer, scheduler))
         self.pseudo_inputs = nn.Parameter(
             torch.randn(num_pseudo_inputs, *image_shape) * PSEUDO_INPUT_STD + PSEUDO_INPUT_MEAN
         )

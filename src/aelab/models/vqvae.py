@@ -25,7 +25,7 @@ so the model does not sample: no `val/samples`, no `samples.png`.
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aelab.errors import ConfigError
-from aelab.models.base import AutoencoderModule, objects
+from aelab.models.base import AutoencoderModule
 
 LAPLACE_EPS = 1e-5  # the smoothing of the EMA counts (Sonnet's VectorQuantizerEMA default)
 
@@ -121,12 +121,7 @@ class VQVAE(AutoencoderModule):
         ema: bool = False,
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.01,
-        net: Mapping[str, Any] | None = None,
-        noise: str | None = None,
-        noise_level: float = 0.0,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        compile: bool = False,
+        **shared: Any,
     ) -> None:
         if code_dim < 1 or codebook_size < 1 or latent_dim % code_dim:
             raise ConfigError(
@@ -141,10 +136,7 @@ class VQVAE(AutoencoderModule):
                 raise ConfigError(f"model.{key}={value} must be a finite number >= 0")
         if not 0 < ema_decay < 1:
             raise ConfigError(f"model.ema_decay={ema_decay} must be in (0, 1)")
-        super().__init__(
-            image_shape, latent_dim, net, optimizer, scheduler, compile, noise, noise_level
-        )
-        self.save_hyperparameters(logger=False, ignore=objects(optimizer, scheduler))
+        super().__init__(image_shape, latent_dim, **shared)
         self.code_dim = code_dim
         self.commitment_weight = commitment_weight
         self.to_code = nn.Linear(self.net.features, latent_dim)

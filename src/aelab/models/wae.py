@@ -17,14 +17,14 @@ unbiased estimate. Samples decode prior draws.
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from aelab.errors import ConfigError
-from aelab.models.base import AutoencoderModule, objects
+from aelab.models.base import AutoencoderModule
 from aelab.models.vae import draw_normal
 
 
@@ -56,19 +56,11 @@ class WAE(AutoencoderModule):
         image_shape: Sequence[int],
         latent_dim: int = 8,
         mmd_weight: float = 10.0,
-        net: Mapping[str, Any] | None = None,
-        noise: str | None = None,
-        noise_level: float = 0.0,
-        optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
-        compile: bool = False,
+        **shared: Any,
     ) -> None:
         if not 0 <= mmd_weight < math.inf:
             raise ConfigError(f"model.mmd_weight={mmd_weight} must be a finite number >= 0")
-        super().__init__(
-            image_shape, latent_dim, net, optimizer, scheduler, compile, noise, noise_level
-        )
-        self.save_hyperparameters(logger=False, ignore=objects(optimizer, scheduler))
+        super().__init__(image_shape, latent_dim, **shared)
         self.mmd_weight = mmd_weight
         self.kernel_scale = 2.0 * latent_dim  # C = 2 d sigma_z^2, sigma_z = 1
         self.to_code = nn.Linear(self.net.features, latent_dim)
