@@ -37,6 +37,14 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
     return path
 
 
+def mnist_source(data_dir, name: str = "mnist"):
+    """The source of data=mnist (or data=fashion) under `data_dir`, without system copies."""
+    from aelab.data import IdxSource
+
+    folder = {"mnist": "MNIST", "fashion": "FashionMNIST"}[name]
+    return IdxSource(str(Path(data_dir) / folder / "raw"), name, download=folder)
+
+
 def make_images(n: int, height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Ten blurry class prototypes plus noise: structure that an autoencoder can learn quickly."""
     rng = np.random.default_rng(seed)
@@ -95,7 +103,6 @@ def small_run_overrides(data_dir: Path) -> list[str]:
         "data.batch_size=32",
         "trainer.accelerator=cpu",
         "trainer.log_every_n_steps=1",
-        "data.system_dirs=[]",
     ]
 
 
@@ -114,6 +121,65 @@ def compose_cfg():
             return compose("train", overrides=[*overrides, *extra])
 
     return _compose
+
+
+@pytest.fixture
+def refusal(compose_cfg, monkeypatch):
+    """What `python train.py OVERRIDES` prints on stderr when it refuses a config, found
+    in-process (no interpreter to start): what does not compose is the CLI's one line
+    (aelab.cli.composition_error); what composes goes the CLI's way (aelab.train._hydra_main:
+    absolute folders, checkpoint files, then `train`, which checks the config, builds the data
+    and the model before any step) inside the CLI's report_user_errors. Downloads fail at once,
+    as offline. Returns stderr; fails the test if the config trained."""
+    import contextlib
+    import io
+
+    import torchvision.datasets
+    from hydra.errors import CompactHydraException
+
+    from aelab.cli import composition_error
+    from aelab.errors import report_user_errors
+    from aelab.train import absolute_paths
+    from aelab.training import train
+    from aelab.validation import check_files
+
+    def offline(*args, **kwargs):
+        raise RuntimeError(f"Error downloading: <urlopen error> ({CLOSED_PORT})")
+
+    for name in ("MNIST", "FashionMNIST"):
+        monkeypatch.setattr(torchvision.datasets, name, offline)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def _refusal(*overrides: str, output_dir: Path) -> str:
+        try:
+            cfg = compose_cfg(*overrides, output_dir=output_dir)
+        except CompactHydraException as err:
+            return composition_error(err) + "\n"
+        stderr = io.StringIO()
+        with (
+            contextlib.redirect_stderr(stderr),
+            pytest.raises(SystemExit) as stop,
+            report_user_errors(),
+        ):
+            absolute_paths(cfg)
+            check_files(cfg)
+            train(cfg)
+        assert stop.value.code == 1
+        return stderr.getvalue()
+
+    return _refusal
+
+
+def assert_one_line(stderr: str, *fragments: str) -> str:
+    """`stderr` ends in the one `error:` line, which holds every fragment, and has no traceback:
+    how aelab's commands refuse what they cannot do (the config tree may come before it)."""
+    assert "Traceback" not in stderr, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    (line,) = [line for line in lines if line.startswith("error")]
+    assert line == lines[-1], "the error is the last thing printed"
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
 
 
 CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens here: a download fails at once

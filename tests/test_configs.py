@@ -35,11 +35,14 @@ PAIRS = [*itertools.product(MODELS, IDX_DATA), *(("vae", d) for d in DATA if d n
 
 @pytest.mark.parametrize(("model", "data"), PAIRS)
 def test_every_model_and_data_compose_and_instantiate(compose_cfg, tmp_path, model, data):
-    where = "data.name=CIFAR10" if data == "torchvision" else f"data.path={tmp_path}"
-    if data in ("cifar10", "svhn", "celeba"):
+    where = "data.source.name=CIFAR10" if data == "torchvision" else f"data.source.path={tmp_path}"
+    if data in ("cifar10", "svhn", "celeba", "mnist", "fashion"):
         where = f"paths.data_dir={tmp_path}"
     cfg = compose_cfg(f"model={model}", f"data={data}", where, output_dir=tmp_path)
-    assert cfg.data.dataset == ("torchvision" if cfg.data.get("name") else data)
+    source = {"folder": "FolderSource"}.get(
+        data, "IdxSource" if data in IDX_DATA else "Torchvision"
+    )
+    assert cfg.data.source._target_.startswith(f"aelab.data.{source}")
     assert cfg.model.optimizer._partial_ is True
     datamodule = instantiate(cfg.data, seed=0)
     assert datamodule.batch_size == cfg.data.batch_size
@@ -71,7 +74,7 @@ def test_model_defaults_match_the_tutorials(compose_cfg):
         "activation": "relu",
     }
     cfg = compose_cfg()
-    assert cfg.data.dataset == "mnist" and cfg.model._target_ == "aelab.models.VAE"
+    assert cfg.data.source.name == "mnist" and cfg.model._target_ == "aelab.models.VAE"
     assert cfg.data.batch_size == 128 and cfg.data.val_size == 5000
 
 
@@ -153,12 +156,21 @@ def test_optional_callbacks_are_added_by_name(compose_cfg, tmp_path):
         ),
     ],
 )
-def test_a_key_that_nothing_reads_is_an_error(data_dir, tmp_path, overrides, fragments):
-    result = run_train(*small_run_overrides(data_dir), f"hydra.run.dir={tmp_path}", *overrides)
-    assert result.returncode != 0
+def test_a_key_that_nothing_reads_is_an_error(refusal, data_dir, tmp_path, overrides, fragments):
+    stderr = refusal(*small_run_overrides(data_dir), *overrides, output_dir=tmp_path)
     for fragment in fragments:
-        assert fragment in result.stderr, result.stderr[-2000:]
+        assert fragment in stderr, stderr[-2000:]
     assert not (tmp_path / "checkpoints").exists()  # refused before training
+
+
+def test_a_key_that_nothing_reads_is_refused_by_the_command_line(data_dir, tmp_path):
+    """The same check, through `python train.py` itself: exit code 1, one line, no run folder."""
+    run = tmp_path / "run"
+    result = run_train(*small_run_overrides(data_dir), "+model.depth=3", f"hydra.run.dir={run}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: model.depth is not an argument of aelab.models.VAE")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not run.exists()
 
 
 @pytest.mark.parametrize(
@@ -171,11 +183,22 @@ def test_a_key_that_nothing_reads_is_an_error(data_dir, tmp_path, overrides, fra
         (["+model.latnt_dim=3"], "error: model.latnt_dim is not an argument of aelab.models.VAE"),
     ],
 )
-def test_a_mistyped_key_names_the_nearest_one_in_one_line(tmp_path, overrides, line):
+def test_a_mistyped_key_names_the_nearest_one_in_one_line(refusal, tmp_path, overrides, line):
     """Not Hydra's advice to add the key with +, which a key nothing reads only moves."""
-    result = run_train(*overrides, "paths.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}/run")
+    stderr = refusal(*overrides, "paths.data_dir=/nonexistent", output_dir=tmp_path / "run")
+    assert stderr.startswith("error: ") and line in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert "To append" not in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mistyped_key_is_one_line_from_the_command_line(tmp_path):
+    """The composition error through `python train.py`: Hydra hands it to aelab's CLI, which
+    prints its one line and leaves no run folder."""
+    result = run_train("model.latnt_dim=3", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 1
-    assert result.stderr.startswith("error: ") and line in result.stderr
+    line = "error: model.latnt_dim is not a key of the config (did you mean model.latent_dim?)"
+    assert result.stderr.startswith(line)
     assert len(result.stderr.strip().splitlines()) == 1
     assert "To append" not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
@@ -199,11 +222,10 @@ def test_help_lists_groups_and_options():
     assert "table: families, models" in results.stdout and "model:" not in results.stdout
 
 
-def test_wrong_option_lists_the_valid_ones():
-    result = run_train("model=transformer")
-    assert result.returncode != 0
-    assert "Could not find 'model/transformer'" in result.stderr
-    assert "Available options in 'model':" in result.stderr and "deep_ae" in result.stderr
+def test_wrong_option_lists_the_valid_ones(refusal, tmp_path):
+    stderr = refusal("model=transformer", output_dir=tmp_path)
+    assert "Could not find 'model/transformer'" in stderr
+    assert "Available options in 'model':" in stderr and "deep_ae" in stderr
 
 
 @pytest.mark.parametrize("flags", [["--cfg", "job"], ["--help"]])

@@ -15,7 +15,9 @@ import torch
 from conftest import (
     N_TRAIN,
     REPO,
+    assert_one_line,
     assert_same_run,
+    mnist_source,
     run_train,
     small_run_overrides,
     write_dataset,
@@ -66,9 +68,18 @@ def assert_one_line_error(result, *fragments: str) -> str:
         ("data.val_size=100000", ["data.val_size=100000 must be in [1, 1023]"]),
     ],
 )
-def test_bad_config_is_one_line(data_dir, tmp_path, override, fragments):
-    result = run_train(*small_run_overrides(data_dir), override, f"hydra.run.dir={tmp_path}")
-    assert_one_line_error(result, *fragments)
+def test_bad_config_is_one_line(refusal, data_dir, tmp_path, override, fragments):
+    assert_one_line(
+        refusal(*small_run_overrides(data_dir), override, output_dir=tmp_path), *fragments
+    )
+
+
+def test_bad_config_is_one_line_from_the_command_line(data_dir, tmp_path):
+    """The run's own check through `python train.py`: exit code 1, the error printed last."""
+    result = run_train(
+        *small_run_overrides(data_dir), "data.val_size=0", f"hydra.run.dir={tmp_path}"
+    )
+    assert_one_line_error(result, "data.val_size=0")
 
 
 def test_full_traceback_on_request(data_dir, tmp_path):
@@ -103,14 +114,13 @@ def _corrupt(raw, case: str) -> str:
     raise ValueError(case)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", ["truncated", "magic", "count", "swapped", "size"])
-def test_bad_data_file_is_one_line(tmp_path, case):
+def test_bad_data_file_is_one_line(refusal, tmp_path, case):
     raw = tmp_path / "data" / "MNIST" / "raw"
     write_dataset(raw)
     expected = _corrupt(raw, case)
-    result = run_train(*small_run_overrides(tmp_path / "data"), f"hydra.run.dir={tmp_path / 'run'}")
-    assert_one_line_error(result, expected, str(raw))
+    stderr = refusal(*small_run_overrides(tmp_path / "data"), output_dir=tmp_path / "run")
+    assert_one_line(stderr, expected, str(raw))
 
 
 def test_half_written_download_is_fetched_again(tmp_path, monkeypatch):
@@ -126,22 +136,26 @@ def test_half_written_download_is_fetched_again(tmp_path, monkeypatch):
         write_dataset(raw)
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", fake_download)
-    dm = ImageDataModule("mnist", str(tmp_path), val_size=128, system_dirs=[])
+    dm = ImageDataModule(mnist_source(tmp_path), val_size=128)
     dm.prepare_data()
     assert downloads == [True, False]
     dm.setup()
     assert len(dm.train_set) == N_TRAIN - 128
 
 
-def test_unwritable_output_and_data_folders(data_dir, tmp_path):
+def test_unwritable_output_folder(tmp_path):
+    """Checked by the command line's Hydra callback, before the run starts."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     result = run_train("debug=fast", f"hydra.run.dir={blocker}/run")
     assert_one_line_error(result, f"hydra.run.dir='{blocker}/run' is not a writable folder")
-    result = run_train(f"paths.data_dir={blocker}/data", f"hydra.run.dir={tmp_path}/run")
-    assert_one_line_error(
-        result, "cannot be downloaded", f"paths.data_dir='{blocker}/data/MNIST/raw'"
-    )
+
+
+def test_unwritable_data_folder(refusal, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    stderr = refusal(f"paths.data_dir={blocker}/data", output_dir=tmp_path / "run")
+    assert_one_line(stderr, "cannot be downloaded", f"paths.data_dir='{blocker}/data/MNIST/raw'")
 
 
 def _model(**kwargs) -> Autoencoder:
@@ -223,7 +237,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
         log_every_n_steps=5,
         use_distributed_sampler=False,
     )
-    dm = ImageDataModule("mnist", str(data_dir), batch_size=32, val_size=128, system_dirs=[])
+    dm = ImageDataModule(mnist_source(data_dir), batch_size=32, val_size=128)
     with pytest.raises(TrainingDiverged) as err:
         trainer.fit(model, dm)
     message = str(err.value)
