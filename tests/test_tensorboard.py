@@ -88,7 +88,7 @@ def test_hparams_are_what_runs_are_compared_by_swept_first(compose_cfg, monkeypa
     assert (
         next(iter(values)) == "model.net.hidden_dims.0" and values["model.net.hidden_dims.0"] == 400
     )
-    assert values["model.optimizer"] == "Adam" and values["scheduler"] == "CosineAnnealingLR"
+    assert values["optimizer"] == "Adam" and values["scheduler"] == "CosineAnnealingLR"
     assert values["model.latent_dim"] == 20 and values["seed"] == 7
     assert "model.net.hidden_dims" not in values  # one column per searched key, not two
     assert values["data.dataset"] == "mnist" and values["data.batch_size"] == 128

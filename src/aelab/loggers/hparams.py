@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from aelab.config import is_path, overrides_name, parse_overrides
+from aelab.config import CONFIG_DIR, is_path, overrides_name, parse_overrides
 
 if TYPE_CHECKING:
     from hydra.conf import HydraConf
 
 SINGLE_RUN = "tensorboard"  # the run folder of a single run, or of a sweep that varies nothing
-# Compared by every run, after the swept keys. A config group (model, net, scheduler) shows the
-# option chosen (`vae`), a config node with a _target_ its class (`Adam`).
+# Compared by every run, after the swept keys. A config group (model, net, optimizer, scheduler)
+# shows the option chosen (`vae`), a config node with a _target_ its class (`VAE`).
 COMPARED = (
     "model",
     "net",
@@ -35,7 +35,7 @@ COMPARED = (
     "model.noise_level",
     "model.latent_activation",
     "model.output_activation",
-    "model.optimizer",
+    "optimizer",
     "model.optimizer.lr",
     "model.optimizer.weight_decay",
     "scheduler",
@@ -46,7 +46,6 @@ COMPARED = (
     "seed",
     "tags",
 )
-GROUP_NODES = {"net": "model.net", "scheduler": "model.scheduler"}  # groups not at their name
 
 
 def _hydra() -> "HydraConf | None":
@@ -99,16 +98,27 @@ def _choices() -> dict[str, Any]:
     return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
 
 
+def group_node(group: str) -> str | None:
+    """The config node that config group `group` fills: the `# @package` of its YAML files
+    (`net` fills `model.net`), else its name; None if there is no such group."""
+    files = sorted((CONFIG_DIR / group).glob("*.yaml"))
+    if not files:
+        return None
+    header = re.search(r"^# @package (\S+)", files[0].read_text(), re.MULTILINE)
+    return header[1] if header else group
+
+
 def _value(cfg: DictConfig, name: str, choices: dict[str, Any]) -> Any:
-    """What HParams shows for `name`: a group's chosen option, a _target_'s class name, a list
-    as text, a value as it is (None: not set)."""
+    """What HParams shows for `name`: a group's chosen option (outside Hydra, the class of the
+    node it fills), a _target_'s class name, a list as text, a value as it is (None: not set)."""
     if name in choices:
         return choices[name] or "none"
-    node = OmegaConf.select(cfg, GROUP_NODES.get(name, name))
+    node_key = group_node(name)
+    node = OmegaConf.select(cfg, node_key or name)
     if isinstance(node, DictConfig):
         target = node.get("_target_")
         return target.rsplit(".", 1)[-1] if target else None
-    if name in GROUP_NODES and node is None:
+    if node_key and node is None:
         return "none"
     if isinstance(node, ListConfig) and name == "tags":
         return ",".join(map(str, node)) or None
