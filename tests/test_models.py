@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from aelab.errors import ConfigError
-from aelab.models import VAE, Autoencoder
+from aelab.models import IWAE, VAE, Autoencoder, AutoencoderModule
+from aelab.validation import check_arguments
 
 
 def mlp(*hidden_dims: int, **extra) -> dict:
@@ -98,3 +99,83 @@ def test_vae_loss_on_a_hand_computed_case():
     assert terms["kl"].item() == 0.0
     assert terms["recon"].item() == pytest.approx(4 * math.log(2))
     assert terms["loss"].item() == pytest.approx(4 * math.log(2))
+
+
+class L1Autoencoder(AutoencoderModule):
+    """A model of one's own as docs/extending.md writes it: its own arguments, then `**shared`."""
+
+    def __init__(self, image_shape, latent_dim=8, **shared):
+        super().__init__(image_shape, latent_dim, **shared)
+        self.to_code = torch.nn.Linear(self.net.features, latent_dim)
+
+    def encode(self, x):
+        return self.to_code(self.net.encoder(x))
+
+    def decode(self, z):
+        return torch.sigmoid(self.net.decoder(z))
+
+    def loss_terms(self, x, target):
+        return {"loss": F.l1_loss(self.reconstruct(x), target)}
+
+
+def test_a_model_hands_the_shared_arguments_on_and_all_are_saved():
+    sgd = partial(torch.optim.SGD, lr=0.5)
+    model = L1Autoencoder((1, 4, 4), 2, net=mlp(8), noise="masking", noise_level=0.5, optimizer=sgd)
+    assert model.noise == "masking" and model.net.features == 8
+    assert isinstance(model.configure_optimizers(), torch.optim.SGD)
+    # every argument, its own and AutoencoderModule's, but the optimizer given as an object
+    assert dict(model.hparams) == {
+        "image_shape": (1, 4, 4),
+        "latent_dim": 2,
+        "net": mlp(8),
+        "scheduler": None,
+        "compile": False,
+        "noise": "masking",
+        "noise_level": 0.5,
+    }
+    # IWAE goes through the VAE, whose beta it does not take: not saved, so that
+    # IWAE(**hparams) rebuilds it from a checkpoint
+    iwae = IWAE((1, 4, 4), latent_dim=2, net=mlp(8))
+    assert set(iwae.hparams) == {
+        *("image_shape", "latent_dim", "k", "likelihood", "gaussian_std"),
+        *("net", "optimizer", "scheduler", "compile", "noise", "noise_level"),
+    }
+    assert IWAE(**iwae.hparams).k == 5
+
+
+def test_a_misspelt_or_mistyped_shared_key_is_refused_naming_it():
+    """check_arguments follows a model's `**shared` to AutoencoderModule's arguments."""
+    from omegaconf import OmegaConf
+
+    def node(**keys):
+        return OmegaConf.create({"_target_": f"{__name__}.L1Autoencoder", "latent_dim": 2, **keys})
+
+    check_arguments("model", node(noise="gaussian", noise_level=0.1, compile=False, net=mlp(4)))
+    takes = r"\(it takes latent_dim, net, scheduler, compile, noise, noise_level\)"
+    with pytest.raises(ConfigError, match=rf"^model.noize is not an argument of \S+ {takes}"):
+        check_arguments("model", node(noize="gaussian"))
+    with pytest.raises(
+        ConfigError, match=r"^model.noise_level='x' is not allowed; it must be float"
+    ):
+        check_arguments("model", node(noise_level="x"))
+    with pytest.raises(ConfigError, match=r"^model.beta is not an argument of aelab.models.IWAE"):
+        check_arguments("model", OmegaConf.create({"_target_": "aelab.models.IWAE", "beta": 2.0}))
+
+
+def test_a_model_yaml_of_ones_own_takes_the_shared_block_and_the_optimizer_group(
+    compose_cfg, tmp_path
+):
+    """docs/extending.md's recipe: `defaults: [shared/module, _self_]` and the model's keys."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "l1.yaml").write_text(
+        "defaults:\n  - shared/module\n  - _self_\n\n"
+        f"_target_: {__name__}.L1Autoencoder\nlatent_dim: 4\noptimizer:\n  lr: 3.0e-3\n"
+    )
+    cfg = compose_cfg(f"hydra.searchpath=[file://{tmp_path}]", "model=l1", "optimizer=sgd")
+    assert cfg.model._recursive_ is False and cfg.model.noise is None
+    assert cfg.model.optimizer._target_ == "torch.optim.SGD" and cfg.model.optimizer.lr == 3e-3
+    check_arguments("model", cfg.model)
+    from hydra.utils import instantiate
+
+    model = instantiate(cfg.model, image_shape=[1, 8, 8], _convert_="all")
+    assert model.configure_optimizers().defaults["momentum"] == 0.9
