@@ -36,7 +36,7 @@ initialised (the cost does not depend on them).
 
 With `--folder-row DIR` it measures only the data=folder row instead: MNIST's 70k images written
 as PNGs into DIR (train/ and test/, a folder per digit; once), then (a) on data=mnist (the IDX
-files) and on data=folder data.path=DIR (its cache built before the first round, and timed), each
+files) and on data=folder data.source.path=DIR (its cache built before the first round, and timed), each
 variant in a process of its own, taking turns for `--rounds` rounds: samples/s and peak resident
 memory of each.
 
@@ -306,7 +306,7 @@ def folder_variant(args: argparse.Namespace) -> None:
     """In a process of its own: (a)'s timed epochs on one variant, and the peak RSS, as JSON."""
     import resource
 
-    data = ["data=folder", f"data.path={args.folder_row}", "data.val_size=5000"]
+    data = ["data=folder", f"data.source.path={args.folder_row}", "data.val_size=5000"]
     args.overrides = [*(data if args.folder_variant == "folder" else []), *args.overrides]
     throughputs = lightning_loop(args.models[0], args)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -31,7 +31,7 @@ N_TRAIN, N_TEST, VAL_SIZE = 600, 200, 100
 # What makes a training small here; `{data}` is the synthetic data folder.
 SMALL = (
     "debug=fast paths.data_dir={data} paths.log_dir={logs} data.val_size=100 "
-    "data.batch_size=32 data.system_dirs=[] trainer.accelerator=cpu"
+    "data.batch_size=32 data.source.system_dirs=[] trainer.accelerator=cpu"
 )
 EVAL_SMALL = "iw_samples=5 sample_metrics.count=64 sample_metrics.classifier_epochs=1"
 # README command (as written, whitespace collapsed) -> how it runs here: the command with the
@@ -66,7 +66,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
         "python -m aelab.results paths.data_dir={data} table=models epochs=1 protocol=paper "
         "only=[ae] table.datasets=[mnist] seeds=[1] iw_samples=5 sample_count=64 "
         "output={work}/results.md "
-        "train_overrides=['debug=fast','data.val_size=100','data.system_dirs=[]'] "
+        "train_overrides=['debug=fast','data.val_size=100','data.source.system_dirs=[]'] "
         "eval_overrides=['sample_metrics.classifier_epochs=1']",
         "one row, one seed, into a scratch file rather than the clone's docs",
     ),

@@ -258,6 +258,7 @@ def short_run(compose_cfg, data_dir: Path, tmp_path: Path, *overrides: str):
         output_dir=tmp_path,
     )
     datamodule = instantiate(cfg.data, seed=cfg.seed)
+    datamodule.prepare_data()
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape), _convert_="all")
     trainer = make_trainer(cfg, loggers=instantiate_all(cfg.logger))
     if cfg.speedups:

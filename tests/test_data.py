@@ -5,7 +5,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, VAL_SIZE, write_dataset, write_idx
+from conftest import N_TEST, N_TRAIN, VAL_SIZE, mnist_source, write_dataset, write_idx
 
 from aelab.data import ImageDataModule, to_float
 from aelab.data.batches import BatchIndices
@@ -14,8 +14,8 @@ from aelab.models import Autoencoder
 
 
 def datamodule(data_dir, dataset="mnist", **kwargs) -> ImageDataModule:
-    kwargs = {"val_size": VAL_SIZE, "batch_size": 50, "system_dirs": [], **kwargs}
-    return ImageDataModule(dataset, str(data_dir), **kwargs)
+    kwargs = {"val_size": VAL_SIZE, "batch_size": 50, **kwargs}
+    return ImageDataModule(mnist_source(data_dir, dataset), **kwargs)
 
 
 def test_split_keeps_test_set_apart(tmp_path):
@@ -41,6 +41,28 @@ def test_split_keeps_test_set_apart(tmp_path):
     again = datamodule(tmp_path)
     again.setup()
     assert torch.equal(again.val_set.images, dm.val_set.images), "the split must be fixed"
+
+
+def test_the_split_and_the_batch_order_are_those_of_before_the_source_protocol(tmp_path):
+    """The images of each training index, as aelab 0.x (fdb867d, the datamodule reading IDX
+    files itself) split and ordered them: the first 12 validation images and the first 12
+    images of the first training batch, with split_seed 12345 and seed 7."""
+    raw = tmp_path / "MNIST" / "raw"
+    write_dataset(raw, n_train=600, n_test=100)
+    images = np.zeros((600, 28, 28), np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = np.arange(600) % 256, np.arange(600) // 256
+    write_idx(raw / "train-images-idx3-ubyte", images)
+    dm = datamodule(tmp_path, val_size=100, seed=7)
+    dm.setup()
+    pixels = dm.val_set.images[:12, 0, 0, :2].long()
+    assert (pixels[:, 0] + 256 * pixels[:, 1]).tolist() == [
+        90, 195, 443, 576, 596, 147, 256, 216, 45, 326, 331, 434
+    ]  # fmt: skip
+    x, _ = next(iter(dm.train_dataloader()))
+    pixels = (x[:12, 0, 0, :2] * 255).round().long()
+    assert (pixels[:, 0] + 256 * pixels[:, 1]).tolist() == [
+        323, 402, 240, 17, 337, 440, 122, 516, 230, 550, 156, 523
+    ]  # fmt: skip
 
 
 def test_batches_are_views_of_chunks_and_the_same_as_gathered_one_by_one(data_dir):
@@ -183,10 +205,12 @@ def test_test_shards_cover_every_image_exactly_once(monkeypatch, world):
 def test_debian_fashion_copy_is_used_when_data_dir_has_none(tmp_path):
     system = tmp_path / "usr-share-datasets-fashion-mnist"
     write_dataset(system, gz=True)
-    dm = datamodule(tmp_path / "empty", "fashion", system_dirs=[str(system)])
+    source = mnist_source(tmp_path / "empty", "fashion")
+    source.system_dirs = [system]
+    dm = ImageDataModule(source, val_size=VAL_SIZE, batch_size=50)
     dm.prepare_data()
     dm.setup()
-    assert dm.files()["train_images"].name == "train-images-idx3-ubyte.gz"
+    assert source.files()["train_images"].name == "train-images-idx3-ubyte.gz"
     assert len(dm.train_set) == N_TRAIN - VAL_SIZE
 
 

@@ -18,8 +18,12 @@ FIT += ("++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1", "data
 
 
 def folder_module(path, tmp_path, **kwargs):
-    kwargs = {"val_size": 0.2, "batch_size": 8, **kwargs}
-    return ImageDataModule("folder", str(tmp_path / "data"), path=str(path), **kwargs)
+    """data=folder's datamodule: `image_size`, `channels`, `skip_bad` go to its source."""
+    given = {
+        key: kwargs.pop(key) for key in ("image_size", "channels", "skip_bad") if key in kwargs
+    }
+    source = FolderSource(str(path), str(tmp_path / "data"), **given)
+    return ImageDataModule(source, **{"val_size": 0.2, "batch_size": 8, **kwargs})
 
 
 def ready(dm):
@@ -44,7 +48,7 @@ def test_a_colour_folder_with_classes_and_splits_trains(
 ):
     model, datamodule, trainer = short_run(
         compose_cfg, data_dir, tmp_path, *f"model={model}".split(), "net=conv", "data=folder",
-        f"data.path={colour_folder}", *FIT,
+        f"data.source.path={colour_folder}", *FIT,
     )  # fmt: skip
     trainer.fit(model, datamodule=datamodule)
     trainer.test(model, datamodule=datamodule)
@@ -85,7 +89,7 @@ def test_a_grey_folder_without_classes_trains_without_labels(compose_cfg, data_d
     write_images(folder, 30, size=(12, 12), colour=False)
     model, datamodule, trainer = short_run(
         compose_cfg, data_dir, tmp_path, "model=conv_ae", "data=folder",
-        f"data.path={folder}", *FIT,
+        f"data.source.path={folder}", *FIT,
     )  # fmt: skip
     trainer.fit(model, datamodule=datamodule)
     assert datamodule.image_shape == (1, 12, 12) and datamodule.classes is None
@@ -105,9 +109,11 @@ def test_a_folder_that_cannot_be_read_one_line_each(tmp_path):
     mixed = tmp_path / "mixed"
     write_images(mixed / "a", 10, size=(16, 16))
     write_images(mixed / "b", 10, size=(20, 24))
-    with pytest.raises(DataError, match=r"2 different sizes .* data.image_size=16 "):
+    with pytest.raises(DataError, match=r"2 different sizes .* data.source.image_size=16 "):
         folder_module(mixed, tmp_path).prepare_data()
-    with pytest.raises(DataError, match=r"smaller side is 16 pixels, less than data.image_size=18"):
+    with pytest.raises(
+        DataError, match=r"smaller side is 16 pixels, less than data.source.image_size=18"
+    ):
         folder_module(mixed, tmp_path, image_size=18).prepare_data()
     resized = ready(folder_module(mixed, tmp_path, image_size=8, channels=1))
     assert resized.image_shape == (1, 8, 8)
@@ -118,7 +124,7 @@ def test_a_corrupted_image_stops_the_run_or_is_skipped(tmp_path, caplog):
     write_images(folder, 12)
     bad = folder / "img005.png"
     bad.write_bytes(bad.read_bytes()[:60])  # a truncated download
-    with pytest.raises(DataError, match=f"{bad}: cannot be decoded .* data.skip_bad=true"):
+    with pytest.raises(DataError, match=f"{bad}: cannot be decoded .* data.source.skip_bad=true"):
         folder_module(folder, tmp_path).prepare_data()
     with caplog.at_level(logging.WARNING):
         dm = ready(folder_module(folder, tmp_path, skip_bad=True))
@@ -132,9 +138,9 @@ def test_a_corrupted_image_stops_the_run_or_is_skipped(tmp_path, caplog):
 EPOCH_OF_TRAINING = """
 import math, resource, sys
 import lightning as L
-from aelab.data import ImageDataModule
+from aelab.data import FolderSource, ImageDataModule
 from aelab.models import Autoencoder
-dm = ImageDataModule("folder", sys.argv[2], path=sys.argv[1], batch_size=256, chunk_size=256,
+dm = ImageDataModule(FolderSource(sys.argv[1], sys.argv[2]), batch_size=256, chunk_size=256,
                      val_size=0.05)
 model = Autoencoder((3, 128, 128), 4, net={"_target_": "aelab.nets.MLP", "hidden_dims": [8]},
                     optimizer={"_target_": "torch.optim.Adam", "_partial_": True})
@@ -158,13 +164,13 @@ def test_an_epoch_over_a_2_gb_cache_keeps_resident_memory_far_below_it(tmp_path)
     copy nothing)."""
     folder = tmp_path / "big"
     write_images(folder, 11, size=(128, 128))
-    source = FolderSource(folder, tmp_path / "cache", None, None, False, 12345)
+    source = FolderSource(str(folder), str(tmp_path / "cache"))
     n, shape = 43_700, (3, 128, 128)  # 2.15 GB
     writer = cache.Writer(source.stem, shape)
     block = np.random.default_rng(0).integers(0, 256, (512, *shape), dtype=np.uint8)
     for start in range(0, n, len(block)):
         writer.add(block[: n - start])
-    writer.finish(source.fingerprint(), [-1] * n, n - 4_000, None)
+    writer.finish(source.fingerprint(12345), [-1] * n, n - 4_000, None)
     size = cache.paths(source.stem)[0].stat().st_size
     assert size > 2e9
     result = run_python("-c", EPOCH_OF_TRAINING, str(folder), str(tmp_path), timeout=600, cwd=REPO)

@@ -106,7 +106,7 @@ def test_idx_folder_of_another_size(tmp_path):
     run_dir = tmp_path / "run"
     result = run_train(
         "data=idx",
-        f"data.path={folder}",
+        f"data.source.path={folder}",
         "model=conv_vae",
         "trainer.max_epochs=2",
         "data.batch_size=32",
@@ -126,11 +126,11 @@ def test_idx_needs_a_path(compose_cfg, tmp_path):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    cfg = compose_cfg("data=idx", "data.path=null", output_dir=tmp_path)
+    cfg = compose_cfg("data=idx", "data.source.path=null", output_dir=tmp_path)
     with pytest.raises(InstantiationException) as err:
         instantiate(cfg.data, _convert_="all")
     assert isinstance(err.value.__cause__, ConfigError)
-    assert "data=idx needs data.path=DIR" in str(err.value.__cause__)
+    assert "data=idx needs data.source.path=DIR" in str(err.value.__cause__)
 
 
 def test_models_use_partial_optimizer():

@@ -1,11 +1,8 @@
-"""Runs that are killed, diverge, or are given bad configs, files or checkpoints."""
+"""Runs given bad configs, data files or checkpoints, and runs that diverge: one clear line each
+(killed, signalled and resumed runs: test_faults.py)."""
 
 import os
 import pickle
-import signal
-import subprocess
-import sys
-import time
 from functools import partial
 
 import lightning as L
@@ -14,16 +11,13 @@ import pytest
 import torch
 from conftest import (
     N_TRAIN,
-    REPO,
     assert_one_line,
-    assert_same_run,
     mnist_source,
     run_train,
     small_run_overrides,
     write_dataset,
     write_idx,
 )
-from omegaconf import OmegaConf
 
 from aelab.callbacks import DivergenceGuard
 from aelab.data import ImageDataModule
@@ -258,151 +252,3 @@ def test_diverging_run_exits_non_zero(data_dir, tmp_path):
         f"hydra.run.dir={tmp_path}",
     )
     assert_one_line_error(result, "training diverged:", "at step")
-
-
-def signal_after_first_epoch(args: list[str], run_dir, signum: int) -> int:
-    """Start `train.py ARGS`, send `signum` shortly after its first epoch's checkpoint appears,
-    and return its exit code."""
-    process = subprocess.Popen(
-        [sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the second epoch
-    process.send_signal(signum)
-    return process.wait(timeout=120)
-
-
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
-    args = [
-        "model=vae",
-        "trainer.max_epochs=3",
-        "trainer.deterministic=true",
-        *small_run_overrides(data_dir),
-        "data.batch_size=8",
-        "callbacks.progress_bar=null",
-    ]
-    uninterrupted = run_train(*args, f"hydra.run.dir={tmp_path / 'a'}")
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
-
-    run_dir = tmp_path / "b"
-    exit_code = signal_after_first_epoch(args, run_dir, signal.SIGKILL)
-    assert exit_code == -signal.SIGKILL, "the run finished before it could be killed"
-    last = run_dir / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["epoch"] < 2
-
-    resumed = run_train(*args, "ckpt_path=last", f"hydra.run.dir={run_dir}")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming from" in resumed.stdout + resumed.stderr
-
-    assert_same_run(tmp_path / "a", run_dir)
-
-
-def test_run_folder_follows_the_checkpoint(tmp_path, monkeypatch):
-    from aelab import config
-    from aelab.config import parse_overrides, run_dir
-
-    monkeypatch.setattr(config, "run_stamp", lambda: "now")
-    runs = tmp_path / "runs"
-    assert run_dir(None, str(runs)) == f"{runs}/now"
-    # a new run is named by its overrides, folders left out, for `tensorboard --logdir logs`
-    given = ["model=vae", "data=fashion", "paths.data_dir=/d", "ckpt_path=null", "~logger"]
-    given += ["model.net.hidden_dims=[64,32]"]
-    named = run_dir(None, str(runs), overrides=given)
-    assert named == f"{runs}/now_model-vae+data-fashion+hidden_dims-64_32"
-    # its checkpoints' paths parse as overrides: no `=` or `,` (not a sweep, not an error)
-    (override,) = parse_overrides([f"ckpt_path={named}/checkpoints/last.ckpt"])
-    assert not override.is_sweep_override()
-    assert run_dir("last", str(runs)) == f"{runs}/now", "nothing to resume: a fresh run"
-    for name, age in [("old", 100), ("new", 10)]:
-        checkpoint = runs / name / "checkpoints" / "last.ckpt"
-        checkpoint.parent.mkdir(parents=True)
-        checkpoint.write_bytes(b"")
-        os.utime(checkpoint, (time.time() - age, time.time() - age))
-    assert run_dir("last", str(runs)) == str(runs / "new")
-    named = runs / "old" / "checkpoints" / "last.ckpt"
-    assert run_dir(str(named), str(runs)) == str(runs / "old")
-    # ckpt_path=last: the newest run of the same model= and data=, not the newest of all
-    for name, model in [("old", "ae"), ("new", "conv_vae")]:
-        record = {"hydra": {"runtime": {"choices": {"model": model, "data": "mnist"}}}}
-        (runs / name / ".hydra").mkdir()
-        OmegaConf.save(record, runs / name / ".hydra" / "hydra.yaml")
-    assert run_dir("last", str(runs), "ae", "mnist") == str(runs / "old")
-    assert run_dir("last", str(runs), "conv_vae", "mnist") == str(runs / "new")
-    assert run_dir("last", str(runs), "ae", "fashion") == f"{runs}/now", "none of these: fresh"
-
-
-@pytest.mark.slow
-def test_resuming_the_last_run_of_another_model_names_the_runs_there_are(data_dir, tmp_path):
-    logs = tmp_path / "logs"
-    args = [*small_run_overrides(data_dir), "debug=fast", f"paths.log_dir={logs}"]
-    assert run_train("model=ae", *args).returncode == 0
-    refused = run_train("model=vae", "ckpt_path=last", *args)
-    assert refused.returncode == 1
-    (line,) = refused.stderr.strip().splitlines()
-    (ae_run,) = (logs / "train" / "runs").iterdir()
-    assert line.startswith("error: ckpt_path=last: no run of model=vae data=mnist to resume")
-    assert f"{ae_run} (model=ae data=mnist)" in line
-    assert list((logs / "train" / "runs").iterdir()) == [ae_run]  # the refused run left nothing
-    resumed = run_train("model=ae", "ckpt_path=last", "trainer.max_epochs=2", *args)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming from" in resumed.stdout + resumed.stderr
-    assert list((logs / "train" / "runs").iterdir()) == [ae_run]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_write_a_checkpoint(data_dir, tmp_path, signum):
-    args = [
-        "model=vae",
-        "trainer.max_epochs=50",
-        *small_run_overrides(data_dir),
-        "data.batch_size=8",
-    ]
-    exit_code = signal_after_first_epoch([*args, "callbacks.progress_bar=null"], tmp_path, signum)
-    assert exit_code == 1
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    interrupted = tmp_path / "checkpoints" / "interrupted.ckpt"
-    assert interrupted.is_file()
-    state = torch.load(interrupted, weights_only=True)
-    assert state["global_step"] >= torch.load(last, weights_only=True)["global_step"] > 0
-
-
-@pytest.mark.slow
-def test_resume_keeps_the_runs_config_and_refuses_another(data_dir, tmp_path):
-    """A resumed run goes on in its folder: the config it was started with (which aelab.eval
-    trusts) stays; another model config is refused; init_from starts a new run instead."""
-    args = ["model=vae", *small_run_overrides(data_dir), "callbacks.progress_bar=null"]
-    run = tmp_path / "run"
-    first = run_train(*args, "trainer.max_epochs=1", f"hydra.run.dir={run}")
-    assert first.returncode == 0, first.stderr[-2000:]
-    saved = {name: (run / name).read_text() for name in (".hydra/config.yaml", "config.yaml")}
-    last = run / "checkpoints" / "last.ckpt"
-
-    resumed = run_train(*args, "trainer.max_epochs=2", f"ckpt_path={last}")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert torch.load(last, weights_only=True)["epoch"] == 1
-    assert {name: (run / name).read_text() for name in saved} == saved
-    (resume_config,) = (run / ".hydra" / "resumed").glob("*/config.yaml")
-    assert "max_epochs: 2" in resume_config.read_text()
-
-    refused = run_train(*args, "trainer.max_epochs=3", "model.beta=2.0", f"ckpt_path={last}")
-    assert_one_line_error(
-        refused, "that run was started with model.beta=1.0, not 2.0", "init_from=PATH"
-    )
-    assert torch.load(last, weights_only=True)["epoch"] == 1
-
-    new = tmp_path / "finetuned"
-    tuned = run_train(
-        *args, "trainer.max_epochs=1", "model.beta=2.0", f"init_from={last}", f"hydra.run.dir={new}"
-    )
-    assert tuned.returncode == 0, tuned.stderr[-2000:]
-    assert "Starting from the weights of" in tuned.stdout + tuned.stderr
-    assert (new / "checkpoints" / "last.ckpt").is_file() and (new / "config.yaml").is_file()
-    assert torch.load(new / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0

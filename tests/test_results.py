@@ -28,7 +28,7 @@ def test_results_command_writes_its_table_and_a_rerun_redoes_nothing(data_dir, t
         f"paths.data_dir={data_dir}",
         f"work_dir='{tmp_path / 'work, epochs=1'}'",
         f"output={output}",
-        f"train_overrides=['data.val_size={VAL_SIZE}','data.system_dirs=[]',"
+        f"train_overrides=['data.val_size={VAL_SIZE}','data.source.system_dirs=[]',"
         "'trainer.accelerator=cpu','logger=csv']",
         "eval_overrides=['logger=none','sample_metrics.classifier_epochs=1']",
     ]
@@ -152,7 +152,7 @@ def test_a_stopped_results_command_stops_its_training_and_the_rerun_resumes_it(d
         f"paths.data_dir={data_dir}",
         f"work_dir={work}",
         f"output={tmp_path / 'results.md'}",
-        f"train_overrides=['data.val_size={VAL_SIZE}','data.system_dirs=[]',"
+        f"train_overrides=['data.val_size={VAL_SIZE}','data.source.system_dirs=[]',"
         "'trainer.accelerator=cpu','logger=csv','callbacks.progress_bar=null']",
         "eval_overrides=['logger=none','sample_metrics.classifier_epochs=1']",
     ]

@@ -92,14 +92,14 @@ def test_grey_8_bit_images_report_bpd(compose_cfg, data_dir, tmp_path):
 
 
 def test_augmentation_flips_and_shifts_training_images_only(data_dir):
-    from conftest import VAL_SIZE
+    from conftest import VAL_SIZE, mnist_source
 
     from aelab.data import ImageDataModule, to_float
     from aelab.data.batches import BatchIndices
 
     def module(augment):
-        dm = ImageDataModule("mnist", str(data_dir), val_size=VAL_SIZE, batch_size=64,
-                             system_dirs=[], augment=augment)  # fmt: skip
+        dm = ImageDataModule(mnist_source(data_dir), val_size=VAL_SIZE, batch_size=64,
+                             augment=augment)  # fmt: skip
         dm.setup()
         return dm
 
@@ -125,18 +125,19 @@ def test_augmentation_flips_and_shifts_training_images_only(data_dir):
         module(["rotate"])
 
 
-def test_pictures_are_in_colour_and_legends_name_the_classes(tmp_path):
+def test_pictures_are_in_colour_and_legends_name_the_classes(tmp_path, compose_cfg):
     from types import SimpleNamespace
 
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from aelab.callbacks.image_grids import ImageGrids
-    from aelab.data import ImageDataModule
+    from aelab.data import FolderSource, ImageDataModule
     from aelab.evaluation.pictures import log_latent_pictures, scatter_figure
 
     for name in ("red", "blue"):
         write_images(tmp_path / "images" / name, 80, seed=len(name))
-    dm = ImageDataModule("folder", str(tmp_path), path=str(tmp_path / "images"), val_size=4)
+    source = FolderSource(str(tmp_path / "images"), str(tmp_path / "cache"))
+    dm = ImageDataModule(source, val_size=4)
     dm.prepare_data()
     dm.setup()
     model = VAE([3, 16, 16], latent_dim=3, net={"_target_": "aelab.nets.MLP", "hidden_dims": [8]})
@@ -158,5 +159,5 @@ def test_pictures_are_in_colour_and_legends_name_the_classes(tmp_path):
     ImageGrids(num_images=4, num_samples=4, save_png=True).on_validation_epoch_end(trainer, model)
     grid = np.asarray(Image.open(tmp_path / "images" / "val_reconstructions_epoch_000.png"))
     assert grid.ndim == 3 and (grid[..., 0] != grid[..., 2]).any(), "colour reconstructions"
-    fashion = ImageDataModule("fashion", str(tmp_path)).classes
+    fashion = compose_cfg("data=fashion").data.source.classes
     assert fashion[:2] == ["T-shirt/top", "Trouser"] and len(fashion) == 10

@@ -17,6 +17,7 @@ from conftest import (
     REPO,
     VAL_SIZE,
     free_port,
+    mnist_source,
     run_python,
     run_train,
     short_run,
@@ -139,7 +140,7 @@ def _ddp_rank(rank: int, port: int, data_dir, folder) -> None:
             enable_model_summary=False,
             use_distributed_sampler=False,
         )
-        dm = ImageDataModule("mnist", str(data_dir), batch_size=32, val_size=128, system_dirs=[])
+        dm = ImageDataModule(mnist_source(data_dir), batch_size=32, val_size=128)
         try:
             trainer.fit(model, dm)
             outcome = "finished"
@@ -168,9 +169,7 @@ def test_ddp_reduces_training_metrics_and_stops_every_rank_on_divergence(data_di
 
 def _fit(model: L.LightningModule, data_dir, batch_size: int = 64, **trainer_kwargs) -> L.Trainer:
     """One short epoch on the synthetic MNIST; `trainer_kwargs` override the defaults."""
-    dm = ImageDataModule(
-        "mnist", str(data_dir), batch_size=batch_size, val_size=128, system_dirs=[]
-    )
+    dm = ImageDataModule(mnist_source(data_dir), batch_size=batch_size, val_size=128)
     defaults = {
         "max_epochs": 1,
         "limit_train_batches": 4,
@@ -518,7 +517,7 @@ def test_only_local_rank_zero_fetches_the_data(tmp_path, monkeypatch):
 
     from aelab.training import fetch_data
 
-    dm = ImageDataModule("mnist", str(tmp_path), val_size=128, system_dirs=[])
+    dm = ImageDataModule(mnist_source(tmp_path), val_size=128)
     monkeypatch.setattr(ImageDataModule, "prepare_data", lambda self: pytest.fail("fetched"))
     monkeypatch.setenv("LOCAL_RANK", "1")
     waits = []

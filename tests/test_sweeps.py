@@ -197,7 +197,7 @@ def test_experiments_match_the_tutorials(compose_cfg):
         64,
     )
     deep = compose_cfg("experiment=deep_ae_fashion")
-    assert deep.data.dataset == "fashion" and deep.model.optimizer.weight_decay == 1e-5
+    assert deep.data.source.name == "fashion" and deep.model.optimizer.weight_decay == 1e-5
     vae = compose_cfg("experiment=vae_mnist")
     assert vae.trainer.max_epochs == 15 and vae.data.batch_size == 128
     tanh = compose_cfg("experiment=tanh_ae_3d")
@@ -225,7 +225,11 @@ def test_the_iwae_experiment_is_burda_et_al_s_vae(compose_cfg):
     )
     assert model.scheduler._target_ == "aelab.schedulers.StagedDecay"
     assert (model.scheduler.growth, model.scheduler.stages_per_decade) == (3, 7)
-    assert (cfg.data.dataset, cfg.data.batch_size, cfg.data.binarize) == ("mnist", 20, "dynamic")
+    assert (cfg.data.source.name, cfg.data.batch_size, cfg.data.binarize) == (
+        "mnist",
+        20,
+        "dynamic",
+    )
     vae = instantiate(model, image_shape=[1, 28, 28], _convert_="all")
     linears = [m for m in vae.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [

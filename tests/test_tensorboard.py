@@ -24,7 +24,7 @@ def test_a_run_is_named_by_its_swept_overrides_and_no_folder():
     overrides = ["model=vae", "model.latent_dim=8", "paths.data_dir=/data", "seed=3"]
     assert hp.name_of(overrides, ["model.latent_dim", "seed"]) == "latent_dim=8,seed=3"
     assert hp.name_of(overrides, []) == hp.SINGLE_RUN
-    assert hp.is_path("paths.data_dir") and hp.is_path("data.data_dir")
+    assert hp.is_path("paths.data_dir") and hp.is_path("data.source.path")
     assert hp.is_path("ckpt_path") and hp.is_path("init_from")
     assert not hp.is_path("model.latent_dim")
 
@@ -91,7 +91,7 @@ def test_hparams_are_what_runs_are_compared_by_swept_first(compose_cfg, monkeypa
     assert values["optimizer"] == "Adam" and values["scheduler"] == "CosineAnnealingLR"
     assert values["model.latent_dim"] == 20 and values["seed"] == 7
     assert "model.net.hidden_dims" not in values  # one column per searched key, not two
-    assert values["data.dataset"] == "mnist" and values["data.batch_size"] == 128
+    assert values["data"] == "mnist" and values["data.batch_size"] == 128
     assert not [name for name in values if "_target_" in name or "dir" in name]
     assert "data.chunk_size" not in values and "tags" not in values  # loading internals; none
 

@@ -63,7 +63,9 @@ def test_training_run_logs_learns_and_checkpoints(data_dir, tmp_path, model):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     # the resolved config, with absolute folders, for evaluation from anywhere
     saved = OmegaConf.load(run_dir / "config.yaml")
-    assert saved.paths.data_dir == str(data_dir) and saved.data.data_dir == str(data_dir)
+    assert saved.paths.data_dir == str(data_dir) and saved.data.source.path == str(
+        data_dir / "MNIST" / "raw"
+    )
     assert saved.paths.output_dir == str(run_dir) and saved.model.latent_dim > 0
     assert "model" in result.stderr and "optimizer" in result.stderr  # the printed config tree
     output = result.stderr + result.stdout
@@ -123,7 +125,9 @@ def test_vae_checkpoint_loads_weights_only(compose_cfg, data_dir, tmp_path):
 def test_missing_data_offline_is_one_clear_line_and_leaves_nothing_behind(tmp_path):
     empty = tmp_path / "nodata" / "deeper"
     run = tmp_path / "run"
-    result = run_train(f"paths.data_dir={empty}", "data.system_dirs=[]", f"hydra.run.dir={run}")
+    result = run_train(
+        f"paths.data_dir={empty}", "data.source.system_dirs=[]", f"hydra.run.dir={run}"
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()

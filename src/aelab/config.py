@@ -47,7 +47,7 @@ UNSAFE_IN_PATHS = re.compile(r"[^A-Za-z0-9._+-]+")  # nor a run folder, whose pa
 
 
 def is_path(key: str) -> bool:
-    """Whether override `key` names a folder or file (`paths.*`, `data.data_dir`, `ckpt_path`):
+    """Whether override `key` names a folder or file (`paths.*`, `data.source.path`, `ckpt_path`):
     never what tells runs apart."""
     last = key.rsplit(".", 1)[-1]
     return key.split(".", 1)[0] in ("paths", "hydra") or last.endswith(("dir", "path", "_from"))

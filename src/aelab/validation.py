@@ -29,6 +29,7 @@ HANDED_ON = {"model": "aelab.models.AutoencoderModule"}
 # Keys of the data config that may differ when a run is resumed: where the files are and how
 # they are loaded, not which images are trained on.
 DATA_LOADING = {
+    "path",
     "data_dir",
     "num_workers",
     "pin_memory",
@@ -86,7 +87,8 @@ def check_config(cfg: DictConfig) -> None:
         lambda v: isinstance(v, DictConfig) or v in PROFILERS,
         f"null (no profiling), one of {', '.join(PROFILERS)}, or a config with a _target_",
     )
-    for key in ("model", "model.net", "model.optimizer", "model.scheduler", "data", "trainer"):
+    keys = ("model", "model.net", "model.optimizer", "model.scheduler", "data", "data.source")
+    for key in (*keys, "trainer"):
         check_arguments(key, OmegaConf.select(cfg, key))
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
@@ -260,7 +262,7 @@ def check_same_run(cfg: DictConfig, ckpt_path: str | Path) -> None:
     for group in ("model", "data"):
         old, new = _flat(saved.get(group, {}), group), _flat(current.get(group, {}), group)
         for key in sorted(set(old) | set(new)):
-            if key.split(".")[1] in DATA_LOADING and group == "data":
+            if key.rsplit(".", 1)[-1] in DATA_LOADING and group == "data":
                 continue
             if old.get(key) != new.get(key):
                 raise ConfigError(

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aelab.data.source import SourceImages
+
 VERSION = 1  # bump when the layout changes: older caches are rebuilt
 
 
@@ -36,6 +38,15 @@ class CachedArrays:
     n_train: int
     classes: list[str] | None
     mapping: "MappedImages"
+
+    def source_images(self) -> SourceImages:
+        """The training and test sets as views of the mapped file, the training images already
+        in the order the cache was made in (validation first)."""
+        n = self.n_train
+        images, labels = self.images, self.labels
+        return SourceImages(
+            images[:n], labels[:n], images[n:], labels[n:], self.classes, None, self.mapping.release
+        )
 
 
 class MappedImages:

@@ -1,4 +1,4 @@
-"""Any folder of images (`data=folder data.path=DIR`), decoded once into a uint8 cache.
+"""Any folder of images (`data=folder data.source.path=DIR`), decoded once into a uint8 cache.
 
 Layout, as torchvision's ImageFolder: subfolders of `DIR` are classes (their names, sorted, are
 the labels); images directly in `DIR` have no labels. `DIR/train/` and `DIR/test/`, when both
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from aelab.data import cache
+from aelab.data.source import SourceImages
 from aelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _one_set(folder: Path, classes: list[str] | None) -> tuple[list[tuple[Path, 
 def list_folder(root: Path) -> Listing:
     """Every image under `root`, by split and class, or one line saying why there are none."""
     if not root.is_dir():
-        raise DataError(f"data.path={str(root)!r} is not a folder")
+        raise DataError(f"data.source.path={str(root)!r} is not a folder")
     train_dir, test_dir = root / "train", root / "test"
     split = train_dir.is_dir() and test_dir.is_dir()
     if split:
@@ -132,26 +133,31 @@ def image_array(image, size: tuple[int, int], channels: int) -> np.ndarray:
 class FolderSource:
     """A folder of images as the datamodule's uint8 tensors (see the module's docstring)."""
 
+    name = "folder"
+
     def __init__(
         self,
-        path: Path,
-        cache_dir: Path,
-        image_size: int | None,
-        channels: int | None,
-        skip_bad: bool,
-        split_seed: int,
+        path: str,
+        cache_dir: str,
+        image_size: int | None = None,
+        channels: int | None = None,
+        skip_bad: bool = False,
     ) -> None:
         if image_size is not None and image_size < 1:
-            raise ConfigError(f"data.image_size={image_size} must be an integer > 0, or null")
+            raise ConfigError(
+                f"data.source.image_size={image_size} must be an integer > 0, or null"
+            )
         if channels not in (None, 1, 3):
-            raise ConfigError(f"data.channels={channels} is not allowed; it must be 1, 3 or null")
-        self.root = path
-        self.cache_dir = cache_dir
+            raise ConfigError(
+                f"data.source.channels={channels} is not allowed; it must be 1, 3 or null"
+            )
+        self.root = Path(path).expanduser()
+        self.cache_dir = Path(cache_dir).expanduser()
         self.image_size = image_size
         self.channels = channels
         self.skip_bad = skip_bad
-        self.split_seed = split_seed
         self._listing: Listing | None = None
+        self._cached: cache.CachedArrays | None = None
 
     @property
     def stem(self) -> Path:
@@ -166,7 +172,7 @@ class FolderSource:
             self._listing = list_folder(self.root)
         return self._listing
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, split_seed: int) -> str:
         """What the cache is made from: every file's name, size and mtime, and the settings."""
         listing = self.listing()
         entries = []
@@ -175,30 +181,36 @@ class FolderSource:
                 stat = path.stat()
                 entries.append([str(path.relative_to(self.root)), label, stat.st_size])
                 entries[-1].append(stat.st_mtime_ns)
-        settings = [self.image_size, self.channels, self.skip_bad, self.split_seed]
+        settings = [self.image_size, self.channels, self.skip_bad, split_seed]
         text = json.dumps([settings, listing.classes, entries])
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def load(self) -> cache.CachedArrays | None:
-        """The cache if it is up to date with the folder, else None."""
-        return cache.load(self.stem, self.fingerprint())
+    def ready(self, split_seed: int) -> bool:
+        """Whether the cache is up to date with the folder (it is then kept, mapped)."""
+        self._cached = cache.load(self.stem, self.fingerprint(split_seed))
+        return self._cached is not None
+
+    def load(self, split_seed: int) -> SourceImages:
+        if not self.ready(split_seed):
+            raise DataError(f"{self.stem}: no up-to-date cache of the images; prepare makes it")
+        assert self._cached is not None  # ready() found it
+        return self._cached.source_images()
 
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the cache, or that it will have (from the headers)."""
-        cached = self.load()
-        if cached is not None:
-            channels, height, width = cached.images.shape[1:]
+        if self._cached is not None:
+            channels, height, width = self._cached.images.shape[1:]
             return channels, height, width
         listing = self.listing()
         size, channels, _ = self._inspect(listing.train + listing.test)
         return (channels, *size)
 
-    def prepare(self) -> None:
+    def prepare(self, split_seed: int) -> None:
         """Decode the images into the cache unless an up-to-date one is there."""
-        if self.load() is not None:
+        if self.ready(split_seed):
             return
         listing = self.listing()
-        generator = torch.Generator().manual_seed(self.split_seed)
+        generator = torch.Generator().manual_seed(split_seed)
         order = torch.randperm(len(listing.train), generator=generator).tolist()
         # the training images in the order data.split_seed gives: validation is the first ones
         train = [listing.train[i] for i in order]
@@ -210,14 +222,16 @@ class FolderSource:
         writer = cache.Writer(self.stem, (channels, *size))
         try:
             labels, n_train = self._decode(writer, train, listing.test, size, channels, bad)
-            writer.finish(self.fingerprint(), labels, n_train, listing.classes)
+            writer.finish(self.fingerprint(split_seed), labels, n_train, listing.classes)
+            self.ready(split_seed)
         except BaseException:
             writer.abort()
             raise
         if bad:
             log.warning(
-                f"data.skip_bad=true: skipped {len(bad)} of {len(train) + len(listing.test)} "
-                f"images of {self.root} that cannot be decoded (the first: {sorted(bad)[0]})"
+                f"data.source.skip_bad=true: skipped {len(bad)} of "
+                f"{len(train) + len(listing.test)} images of {self.root} that cannot be decoded "
+                f"(the first: {sorted(bad)[0]})"
             )
 
     def _bad(self, path: Path, err: Exception, bad: set[Path]) -> None:
@@ -225,7 +239,7 @@ class FolderSource:
             reason = " ".join(str(err).split())[:120] or type(err).__name__
             raise DataError(
                 f"{path}: cannot be decoded as an image ({reason}); remove it, or set "
-                "data.skip_bad=true to skip such files"
+                "data.source.skip_bad=true to skip such files"
             ) from None
         bad.add(path)
 
@@ -256,16 +270,16 @@ class FolderSource:
                 (a, pa), (b, pb) = list(sizes.items())[:2]
                 raise DataError(
                     f"{self.root}: images of {len(sizes)} different sizes (e.g. {a[1]}x{a[0]} "
-                    f"{pa.name}, {b[1]}x{b[0]} {pb.name}); set data.image_size=N to resize and "
-                    f"centre-crop them to NxN, e.g. data.image_size={smallest[0]} (their "
-                    "smallest side)"
+                    f"{pa.name}, {b[1]}x{b[0]} {pb.name}); set data.source.image_size=N to "
+                    "resize and centre-crop them to NxN, e.g. "
+                    f"data.source.image_size={smallest[0]} (their smallest side)"
                 )
             return next(iter(sizes)), channels, bad
         if smallest[0] < self.image_size:
             raise DataError(
                 f"{smallest[1]}: its smaller side is {smallest[0]} pixels, less than "
-                f"data.image_size={self.image_size}; use data.image_size={smallest[0]} or less, "
-                "or remove the small images"
+                f"data.source.image_size={self.image_size}; use "
+                f"data.source.image_size={smallest[0]} or less, or remove the small images"
             )
         return (self.image_size, self.image_size), channels, bad
 

@@ -1,7 +1,7 @@
-"""torchvision's image datasets by name (`data=torchvision data.name=CIFAR10`; `data=cifar10`,
-`data=svhn`, `data=celeba`): torchvision downloads, checks and parses the files; aelab converts
-its training and test splits once into the same uint8 cache as a folder of images
-(`aelab.data.cache`), under `paths.cache_dir`.
+"""torchvision's image datasets by name (`data=torchvision data.source.name=CIFAR10`;
+`data=cifar10`, `data=svhn`, `data=celeba`): torchvision downloads, checks and parses the
+files; aelab converts its training and test splits once into the same uint8 cache as a folder of
+images (`aelab.data.cache`), under `paths.cache_dir`.
 
 Datasets that hold their pixels as one array (CIFAR's `data`, SVHN's) are copied as they are;
 others (CelebA's JPEGs) are decoded image by image, resized and centre-cropped to `image_size`.
@@ -19,6 +19,7 @@ import torch
 
 from aelab.data import cache
 from aelab.data.folder import DECODE_CHUNK, image_array
+from aelab.data.source import SourceImages
 from aelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ def dataset_class(name: str) -> type:
     cls = getattr(torchvision.datasets, name, None)
     if not inspect.isclass(cls) or not _split_argument(cls):
         raise ConfigError(
-            f"data.name={name!r} is not a torchvision image dataset with train and test splits; "
-            "e.g. CIFAR10, CIFAR100, SVHN, CelebA"
+            f"data.source.name={name!r} is not a torchvision image dataset with train and test "
+            "splits; e.g. CIFAR10, CIFAR100, SVHN, CelebA"
         )
     return cls
 
@@ -66,43 +67,52 @@ class TorchvisionSource:
     def __init__(
         self,
         name: str,
-        data_dir: Path,
-        cache_dir: Path,
-        image_size: int | None,
-        channels: int | None,
-        split_seed: int,
+        data_dir: str,
+        cache_dir: str,
+        image_size: int | None = None,
+        channels: int | None = None,
     ) -> None:
         if channels not in (None, 1, 3):
-            raise ConfigError(f"data.channels={channels} is not allowed; it must be 1, 3 or null")
+            raise ConfigError(
+                f"data.source.channels={channels} is not allowed; it must be 1, 3 or null"
+            )
         if image_size is not None and image_size < 1:
-            raise ConfigError(f"data.image_size={image_size} must be an integer > 0, or null")
+            raise ConfigError(
+                f"data.source.image_size={image_size} must be an integer > 0, or null"
+            )
         self.cls = dataset_class(name)
         self.name = name
-        self.root = data_dir / ROOTS[name] if name in ROOTS else data_dir
-        self.stem = cache_dir / f"{name}-{image_size or 'native'}-{channels or 'native'}"
+        data_path = Path(data_dir).expanduser()
+        self.root = data_path / ROOTS[name] if name in ROOTS else data_path
+        stem = f"{name}-{image_size or 'native'}-{channels or 'native'}"
+        self.stem = Path(cache_dir).expanduser() / stem
         self.image_size = image_size
         self.channels = channels
-        self.split_seed = split_seed
+        self._cached: cache.CachedArrays | None = None
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, split_seed: int) -> str:
         import torchvision
 
         settings = [self.name, str(self.root.absolute()), self.image_size, self.channels]
-        settings += [self.split_seed, torchvision.__version__]
+        settings += [split_seed, torchvision.__version__]
         return hashlib.sha1(json.dumps(settings).encode()).hexdigest()
 
-    def load(self) -> cache.CachedArrays | None:
-        return cache.load(self.stem, self.fingerprint())
+    def ready(self, split_seed: int) -> bool:
+        """Whether the cache is made (it is then kept, mapped)."""
+        self._cached = cache.load(self.stem, self.fingerprint(split_seed))
+        return self._cached is not None
+
+    def load(self, split_seed: int) -> SourceImages:
+        if not self.ready(split_seed):
+            raise DataError(f"{self.stem}: no up-to-date cache of {self.name}; prepare makes it")
+        assert self._cached is not None  # ready() found it
+        return self._cached.source_images()
 
     def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of the cache (made here if it is not yet)."""
-        cached = self.load()
-        if cached is None:
-            self.prepare()
-            cached = self.load()
-        if cached is None:
-            raise DataError(f"{self.stem}: its cache was made but cannot be read back")
-        channels, height, width = cached.images.shape[1:]
+        """(channels, height, width) of the cache, which `prepare` (or `ready`) found."""
+        if self._cached is None:
+            raise DataError(f"{self.name}: its shape is read from its cache; prepare makes it")
+        channels, height, width = self._cached.images.shape[1:]
         return channels, height, width
 
     def _open(self, train: bool, download: bool):
@@ -133,12 +143,12 @@ class TorchvisionSource:
                 f"paths.data_dir to a folder that has them"
             ) from None
 
-    def prepare(self) -> None:
+    def prepare(self, split_seed: int) -> None:
         """Download with torchvision if needed, then convert both splits into the cache."""
-        if self.load() is not None:
+        if self.ready(split_seed):
             return
         train, test = self.datasets()
-        generator = torch.Generator().manual_seed(self.split_seed)
+        generator = torch.Generator().manual_seed(split_seed)
         # training images in the order data.split_seed gives: validation is the first ones
         order = torch.randperm(len(train), generator=generator).numpy()
         log.info(f"Converting {self.name} into {cache.paths(self.stem)[0]} (once)")
@@ -156,7 +166,8 @@ class TorchvisionSource:
             classes = [str(c) for c in getattr(train, "classes", [])] if labelled else None
             if labelled and not classes:
                 classes = [str(c) for c in range(max(labels) + 1)]
-            writer.finish(self.fingerprint(), labels, len(train), classes)
+            writer.finish(self.fingerprint(split_seed), labels, len(train), classes)
+            self.ready(split_seed)
         except BaseException:
             writer.abort()
             raise
@@ -188,7 +199,8 @@ class TorchvisionSource:
         if min(height, width) < self.image_size:
             raise DataError(
                 f"{self.name}: images of {width}x{height} are smaller than "
-                f"data.image_size={self.image_size}; use data.image_size={min(height, width)}"
+                f"data.source.image_size={self.image_size}; use "
+                f"data.source.image_size={min(height, width)}"
             )
         return (channels, self.image_size, self.image_size)
 

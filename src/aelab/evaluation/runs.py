@@ -24,11 +24,15 @@ class Run:
     model: AutoencoderModule
 
     def datamodule(self, data_dir: str | None = None) -> ImageDataModule:
-        """The run's data, read from `data_dir` or else from the run's own `paths.data_dir`,
-        prepared and set up (only what needs images asks for it: samples need none)."""
+        """The run's data, read from `data_dir` or else from the run's own `paths.data_dir`
+        (a source's paths under that folder move to `data_dir`), prepared and set up (only what
+        needs images asks for it: samples need none)."""
         data = cast(dict, OmegaConf.to_container(self.config.data))
         if data_dir is not None:
-            data["data_dir"] = data_dir
+            own = Path(self.config.paths.data_dir)
+            for key, value in data["source"].items():
+                if isinstance(value, str) and Path(value).is_relative_to(own):
+                    data["source"][key] = str(Path(data_dir) / Path(value).relative_to(own))
         datamodule = instantiate(data, seed=self.config.get("seed") or 0)
         datamodule.prepare_data()
         datamodule.setup("test")

@@ -336,12 +336,12 @@ FIXED_ATTR = "aelab:fixed_overrides"  # the study's user attribute: what every t
 
 def problem_overrides(fixed: Sequence[str]) -> list[str]:
     """The fixed overrides that define the problem a study optimises: all but where files are
-    and how they are loaded (`paths.*`, `data.data_dir`, `data.num_workers`, ...), which may
+    and how they are loaded (`paths.*`, `data.source.path`, `data.num_workers`, ...), which may
     change when a search moves to another machine."""
     from aelab.validation import DATA_LOADING
 
     last = {override.split("=", 1)[0].lstrip("+~"): override for override in fixed}
-    loading = {f"data.{key}" for key in DATA_LOADING}
+    loading = {f"data.{key}" for key in DATA_LOADING} | {f"data.source.{k}" for k in DATA_LOADING}
     return sorted(o for k, o in last.items() if not k.startswith("paths.") and k not in loading)
 
 
