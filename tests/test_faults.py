@@ -1,10 +1,13 @@
-"""Nothing lost mid-run: exact resume after SIGTERM mid-epoch and after a SLURM requeue,
-checkpoints that a failing write cannot damage, damaged newest checkpoints skipped, failed
-writes as one line, and one run per folder."""
+"""Nothing lost mid-run: exact resume after SIGTERM, SIGKILL or Ctrl-C mid-epoch and after a
+SLURM requeue, resumes that keep their run's config and folder, checkpoints that a failing write
+cannot damage, damaged newest checkpoints skipped, failed writes as one line, and one run per
+folder."""
 
 import json
 import os
 import resource
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_same_run, run_python, run_train, small_run_overrides
+from conftest import (
+    REPO,
+    assert_one_line,
+    assert_same_run,
+    run_python,
+    run_train,
+    small_run_overrides,
+)
+from omegaconf import OmegaConf
 
 from aelab.errors import RunLocked
 from aelab.runlock import LOCK_FILE, read_lock, run_lock
@@ -85,10 +96,127 @@ def test_sigterm_mid_epoch_then_resume_is_the_uninterrupted_run(data_dir, tmp_pa
     assert f"error: stopped by SIGTERM at step {STEP}" in stopped.stderr
     interrupted = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=True)
     assert interrupted["global_step"] == STEP  # at the end of the batch the signal came in
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert interrupted["global_step"] >= last["global_step"] > 0
     resumed = run_train(*args, "ckpt_path=last", env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "interrupted.ckpt" in resumed.stdout + resumed.stderr
     assert_same_run(uninterrupted, run_dir)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_the_uninterrupted_run(data_dir, tmp_path, uninterrupted):
+    """Killed outright (no checkpoint of its own): `ckpt_path=last` resumes from the last
+    epoch's and ends as the run that was never killed."""
+    run_dir = tmp_path / "run"
+    env = signal_env(tmp_path)
+    args = [*args_for(data_dir), f"hydra.run.dir={run_dir}"]
+    killed = run_train(*args, *signal_args("SIGKILL"), env=env)
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] < 2
+    resumed = run_train(*args, "ckpt_path=last", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    assert_same_run(uninterrupted, run_dir)
+
+
+@pytest.mark.slow
+def test_sigint_writes_a_checkpoint(data_dir, tmp_path):
+    """Ctrl-C: the run stops after the batch, with a checkpoint, and exits 1."""
+    args = [*args_for(data_dir), *signal_args("SIGINT"), f"hydra.run.dir={tmp_path}"]
+    assert run_train(*args, env=signal_env(tmp_path)).returncode == 1
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    interrupted = tmp_path / "checkpoints" / "interrupted.ckpt"
+    assert interrupted.is_file()
+    state = torch.load(interrupted, weights_only=True)
+    assert state["global_step"] >= torch.load(last, weights_only=True)["global_step"] > 0
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_runs_config_and_refuses_another(data_dir, tmp_path, uninterrupted):
+    """A resumed run goes on in its folder: the config it was started with (which aelab.eval
+    trusts) stays; another model config is refused; init_from starts a new run instead."""
+    args = args_for(data_dir)
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)  # a run of 2 epochs, its folder of its own
+    saved = {name: (run / name).read_text() for name in (".hydra/config.yaml", "config.yaml")}
+    last = run / "checkpoints" / "last.ckpt"
+
+    resumed = run_train(*args, "trainer.max_epochs=3", f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    assert {name: (run / name).read_text() for name in saved} == saved
+    (resume_config,) = (run / ".hydra" / "resumed").glob("*/config.yaml")
+    assert "max_epochs: 3" in resume_config.read_text()
+
+    refused = run_train(*args, "trainer.max_epochs=4", "model.beta=2.0", f"ckpt_path={last}")
+    assert refused.returncode == 1
+    assert_one_line(
+        refused.stderr, "that run was started with model.beta=1.0, not 2.0", "init_from=PATH"
+    )
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+
+    new = tmp_path / "finetuned"
+    tuned = run_train(
+        *args, "trainer.max_epochs=1", "model.beta=2.0", f"init_from={last}", f"hydra.run.dir={new}"
+    )
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert "Starting from the weights of" in tuned.stdout + tuned.stderr
+    assert (new / "checkpoints" / "last.ckpt").is_file() and (new / "config.yaml").is_file()
+    assert torch.load(new / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+
+
+def test_run_folder_follows_the_checkpoint(tmp_path, monkeypatch):
+    from aelab import config
+    from aelab.config import parse_overrides, run_dir
+
+    monkeypatch.setattr(config, "run_stamp", lambda: "now")
+    runs = tmp_path / "runs"
+    assert run_dir(None, str(runs)) == f"{runs}/now"
+    # a new run is named by its overrides, folders left out, for `tensorboard --logdir logs`
+    given = ["model=vae", "data=fashion", "paths.data_dir=/d", "ckpt_path=null", "~logger"]
+    given += ["model.net.hidden_dims=[64,32]"]
+    named = run_dir(None, str(runs), overrides=given)
+    assert named == f"{runs}/now_model-vae+data-fashion+hidden_dims-64_32"
+    # its checkpoints' paths parse as overrides: no `=` or `,` (not a sweep, not an error)
+    (override,) = parse_overrides([f"ckpt_path={named}/checkpoints/last.ckpt"])
+    assert not override.is_sweep_override()
+    assert run_dir("last", str(runs)) == f"{runs}/now", "nothing to resume: a fresh run"
+    for name, age in [("old", 100), ("new", 10)]:
+        checkpoint = runs / name / "checkpoints" / "last.ckpt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"")
+        os.utime(checkpoint, (time.time() - age, time.time() - age))
+    assert run_dir("last", str(runs)) == str(runs / "new")
+    named = runs / "old" / "checkpoints" / "last.ckpt"
+    assert run_dir(str(named), str(runs)) == str(runs / "old")
+    # ckpt_path=last: the newest run of the same model= and data=, not the newest of all
+    for name, model in [("old", "ae"), ("new", "conv_vae")]:
+        record = {"hydra": {"runtime": {"choices": {"model": model, "data": "mnist"}}}}
+        (runs / name / ".hydra").mkdir()
+        OmegaConf.save(record, runs / name / ".hydra" / "hydra.yaml")
+    assert run_dir("last", str(runs), "ae", "mnist") == str(runs / "old")
+    assert run_dir("last", str(runs), "conv_vae", "mnist") == str(runs / "new")
+    assert run_dir("last", str(runs), "ae", "fashion") == f"{runs}/now", "none of these: fresh"
+
+
+@pytest.mark.slow
+def test_resuming_the_last_run_of_another_model_names_the_runs_there_are(data_dir, tmp_path):
+    logs = tmp_path / "logs"
+    args = [*small_run_overrides(data_dir), "debug=fast", f"paths.log_dir={logs}"]
+    assert run_train("model=ae", *args).returncode == 0
+    refused = run_train("model=vae", "ckpt_path=last", *args)
+    assert refused.returncode == 1
+    (line,) = refused.stderr.strip().splitlines()
+    (ae_run,) = (logs / "train" / "runs").iterdir()
+    assert line.startswith("error: ckpt_path=last: no run of model=vae data=mnist to resume")
+    assert f"{ae_run} (model=ae data=mnist)" in line
+    assert list((logs / "train" / "runs").iterdir()) == [ae_run]  # the refused run left nothing
+    resumed = run_train("model=ae", "ckpt_path=last", "trainer.max_epochs=2", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    assert list((logs / "train" / "runs").iterdir()) == [ae_run]
 
 
 @pytest.mark.slow
@@ -200,6 +328,7 @@ WRITER = """
 import resource, sys
 from pathlib import Path
 import torch
+from omegaconf import OmegaConf
 from aelab.checkpoints import AtomicCheckpointIO
 from aelab.errors import WriteFailed
 
