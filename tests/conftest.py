@@ -5,6 +5,7 @@ import socket
 import struct
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from aelab.config import CONFIG_DIR, prepare_hydra
+
+if TYPE_CHECKING:
+    import lightning as L
 
 REPO = Path(__file__).resolve().parents[1]  # the clone: tests run train.py from here
 
@@ -264,6 +268,35 @@ def short_run(compose_cfg, data_dir: Path, tmp_path: Path, *overrides: str):
     if cfg.speedups:
         speedups.apply(trainer, model)
     return model, datamodule, trainer
+
+
+MLP32 = {"_target_": "aelab.nets.MLP", "hidden_dims": [32]}
+
+
+def quick_fit(
+    model: "L.LightningModule", data_dir: Path, batch_size: int = 64, **trainer_kwargs
+) -> "L.Trainer":
+    """One short epoch on the synthetic MNIST; `trainer_kwargs` override the defaults."""
+    import lightning as L
+
+    from aelab.data import ImageDataModule
+
+    dm = ImageDataModule(mnist_source(data_dir), batch_size=batch_size, val_size=128)
+    defaults = {
+        "max_epochs": 1,
+        "limit_train_batches": 4,
+        "limit_val_batches": 2,
+        "enable_progress_bar": False,
+    }
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        **(defaults | trainer_kwargs),
+    )
+    trainer.fit(model, dm)
+    return trainer
 
 
 def assert_same_run(a: Path, b: Path) -> None:

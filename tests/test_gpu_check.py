@@ -34,7 +34,7 @@ def mnist(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("distributed")  # its ddp step, as test_scale.py's DDP tests
+@pytest.mark.xdist_group("distributed")  # its ddp step, as test_distributed.py's tests
 def test_every_step_passes_on_the_cpu(mnist: Path, tmp_path: Path):
     out = tmp_path / "out"
     overrides = [f"data.val_size={VAL_SIZE}", "data.batch_size=32"]

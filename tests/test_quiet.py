@@ -1,13 +1,21 @@
-"""Other libraries' console output, turned down in one place (aelab.quiet)."""
+"""What the console shows: other libraries' output, turned down in one place (aelab.quiet), and
+aelab's progress bar (a line per epoch where it cannot draw)."""
 
 import logging
 import os
+import sys
+from functools import partial
 
 import lightning  # noqa: F401  (sets its loggers' levels on import, as in a run)
 import pytest
+import torch
+from conftest import MLP32, quick_fit
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import OmegaConf
 
+from aelab.callbacks import ProgressBar
+from aelab.models import VAE
 from aelab.quiet import quiet_third_parties
 
 
@@ -45,3 +53,80 @@ def test_hydra_verbose_brings_a_library_back(levels, verbose, monkeypatch):
     assert levels["lightning.pytorch"].level == logging.INFO
     assert levels["optuna"].level == (logging.INFO if verbose is True else logging.WARNING)
     assert os.environ["MLFLOW_LOGGING_LEVEL"] == "DEBUG"
+
+
+def _fit_tiny_vae_with_bar(bar: ProgressBar, data_dir, tmp_path, **trainer_kwargs):
+    """A 784-32-4 VAE fitted on the synthetic MNIST with `bar` as its progress bar."""
+    model = VAE((1, 28, 28), latent_dim=4, net=MLP32, optimizer=partial(torch.optim.Adam, lr=1e-3))
+    trainer = quick_fit(
+        model,
+        data_dir,
+        enable_progress_bar=True,
+        callbacks=[bar],
+        default_root_dir=tmp_path,
+        **trainer_kwargs,
+    )
+    return trainer, model
+
+
+def test_progress_bar_reads_metrics_only_when_it_redraws(data_dir, tmp_path, monkeypatch):
+    shown = []
+    redraw = RichProgressBar.on_train_batch_end
+
+    def counting(self, trainer, pl_module, outputs, batch, batch_idx):
+        shown.append(batch_idx)
+        redraw(self, trainer, pl_module, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end", counting)
+    bar = ProgressBar(refresh_rate=1)
+    trainer, model = _fit_tiny_vae_with_bar(
+        bar,
+        data_dir,
+        tmp_path,
+        batch_size=16,
+        limit_train_batches=30,
+        limit_val_batches=0,
+        log_every_n_steps=5,
+    )
+    # one redraw a second: the first step, the epoch's last, and not every step in between
+    assert shown[0] == 0 and shown[-1] == 29
+    assert len(shown) < 30 // 2
+    # the training metrics are not Lightning progress-bar metrics, and the bar shows them
+    assert not any(name.startswith("train/") for name in trainer.progress_bar_metrics)
+    metrics = bar.get_metrics(trainer, model)
+    assert {"train/loss", "train/recon", "train/kl"} <= metrics.keys()
+    assert metrics["train/loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bar_logs_a_line_per_epoch_where_it_cannot_draw(
+    terminal, data_dir, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    bar = ProgressBar(console_kwargs={"force_terminal": terminal})
+    with caplog.at_level("INFO", logger="aelab.callbacks.progress"):
+        trainer, _ = _fit_tiny_vae_with_bar(
+            bar,
+            data_dir,
+            tmp_path,
+            max_epochs=3,
+            limit_train_batches=3,
+            log_every_n_steps=1,
+            check_val_every_n_epoch=2,
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "aelab.callbacks.progress"]
+    if terminal:  # the bar shows it all, its epochs counted from 1 as the log lines are
+        assert lines == []
+        assert bar.progress.tasks[bar.train_progress_bar_id].description.strip() == "Epoch 3/3"
+        return
+    assert [line.split(" steps in ")[0] for line in lines] == [
+        "Epoch 1/3: 3",
+        "Epoch 2/3: 3",
+        "Epoch 3/3: 3",
+    ]
+    # epochs 0 and 2 did not validate: no val/ values (not the sanity check's, not epoch 1's)
+    assert all("train/loss " in line for line in lines)
+    assert "val/" not in lines[0] and "val/" not in lines[2]
+    val_loss = float(trainer.callback_metrics["val/loss"])  # epoch 1's, the last validation
+    assert f"val/loss {val_loss:.5g}" in lines[1]
+    assert f"train/loss {float(trainer.callback_metrics['train/loss']):.5g}" in lines[2]

@@ -1,19 +1,21 @@
 """aelab.speedups: each workaround of Lightning's per-step costs still works with the installed
 Lightning (a test fails loudly when an upgrade changes what it relies on), and
-`speedups=false` trains as plain Lightning does."""
+`speedups=false` trains as plain Lightning does; torch.compile and bf16 mixed precision train on
+the CPU; values are read back to the host only on logging steps."""
 
 import os
 import re
+import sys
 from contextlib import nullcontext
+from functools import partial
 
 import lightning as L
 import pytest
 import torch
-from conftest import short_run, small_run_overrides
+from conftest import MLP32, quick_fit, short_run, small_run_overrides
 from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
-from test_scale import MLP32, _fit
 
-from aelab.models import VAE
+from aelab.models import VAE, Autoencoder
 from aelab.speedups import (
     BATCH_HOOKS,
     HOOK_NAME_ATTRIBUTE,
@@ -93,7 +95,7 @@ def test_lightning_names_each_hook_without_module_attribute_checks(data_dir, mon
     assert type(model).__name__ == "VAE" and isinstance(model, VAE)
     monkeypatch.setattr(torch.nn.Module, "__setattr__", counting_setattr)
     names = _HookNames()
-    trainer = _fit(model, data_dir, callbacks=[names])
+    trainer = quick_fit(model, data_dir, callbacks=[names])
     assert names.seen == "on_train_batch_start"
     assert "val/loss" in trainer.callback_metrics  # `self.log` still knows where it is called
     assert HOOK_NAME_ATTRIBUTE not in checked
@@ -134,3 +136,92 @@ def test_speedups_false_trains_as_plain_lightning(compose_cfg, data_dir, tmp_pat
     assert all(callable(getattr(c, hook)) for c in trainer.callbacks for hook in BATCH_HOOKS)
     trainer.fit(model, datamodule=datamodule)
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+@pytest.mark.slow
+def test_compile_trains_on_cpu(data_dir):
+    torch._dynamo.reset()
+    optimizer = partial(torch.optim.Adam, lr=1e-3)
+    model = Autoencoder((1, 28, 28), latent_dim=8, net=MLP32, optimizer=optimizer, compile=True)
+    trainer = quick_fit(model, data_dir)
+    assert model.net._compiled_call_impl is not None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
+    assert not any("_orig_mod" in key for key in model.state_dict())
+
+
+def test_bf16_mixed_trains_on_cpu(data_dir):
+    model = VAE((1, 28, 28), latent_dim=4, net=MLP32, optimizer=partial(torch.optim.Adam, lr=1e-3))
+    trainer = quick_fit(model, data_dir, precision="bf16-mixed")
+    assert trainer.precision == "bf16-mixed"
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+class _HostReads(L.Callback):
+    """Counts reads of tensor values by the host (`.item()`, `bool(t)`, ...) in each training and
+    validation step, from its `on_*_batch_start` to the next hook that starts or ends a step or
+    an epoch: on a GPU each read would stall for a sync."""
+
+    READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.steps: dict[str, list[int]] = {"train": [], "val": []}
+        self.counting: list[int] | None = None
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+
+    def _counting(self, read):
+        def counted(tensor, *args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            # the optimizers' step counters live on the host even when training on a GPU
+            if self.counting is not None and not caller.startswith("torch.optim"):
+                self.counting[-1] += 1
+            return read(tensor, *args, **kwargs)
+
+        return counted
+
+    def _start(self, stage: str) -> None:
+        self.counting = self.steps[stage]
+        self.counting.append(0)
+
+    def _stop(self, *args) -> None:
+        self.counting = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._start("train")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, *args) -> None:
+        self._start("val")
+
+    on_validation_start = on_validation_epoch_end = on_train_epoch_end = _stop
+
+
+def test_training_reads_values_back_only_on_logging_steps(
+    compose_cfg, data_dir, tmp_path, monkeypatch
+):
+    """The promise behind GPU throughput: no host sync per step, only every
+    `trainer.log_every_n_steps` steps (logging, the divergence check) and at an epoch's end."""
+    model, datamodule, trainer = short_run(
+        compose_cfg,
+        data_dir,
+        tmp_path,
+        "trainer.log_every_n_steps=4",
+        "trainer.max_epochs=2",
+        "++trainer.limit_train_batches=6",
+        "++trainer.limit_val_batches=3",
+        # the bar reads values when it redraws, by the clock (test_progress_bar_...)
+        "~callbacks.progress_bar",
+        "++trainer.enable_progress_bar=false",
+    )
+    probe = _HostReads(monkeypatch)
+    trainer.callbacks.insert(0, probe)  # first: its windows close before the epoch-end work
+    trainer.fit(model, datamodule=datamodule)
+
+    train, val = probe.steps["train"], probe.steps["val"]
+    assert len(train) == trainer.global_step == 12 and len(val) == 6
+    # steps 4 and 8 log; 6 and 12 end an epoch (the divergence check)
+    reading = {3, 5, 7, 11}
+    assert all(train[i] == 0 for i in range(12) if i not in reading), train
+    assert all(train[i] > 0 for i in reading), train
+    # a validation's last window also holds Lightning's epoch-end metrics (val/loss, ...)
+    assert [val[i] for i in (0, 1, 3, 4)] == [0] * 4, val
