@@ -72,7 +72,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # the model back to the CPU.
     model.to(trainer.strategy.root_device)
     test = datamodule.test_set
-    metrics = code_metrics(cfg, model, datamodule, datamodule.name)
+    metrics = code_metrics(cfg, model, datamodule, datamodule.source.name)
     metrics["test/recon_mse"] = reconstruction_mse(model, test.images)
     if isinstance(model, ImportanceWeighted) and cfg.iw_samples > 0:
         with (
@@ -87,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             dims = math.prod(test.images.shape[1:])
             metrics["test/bpd_iw"] = bits_per_dim(metrics["test/nll_iw"], dims)
     settings: dict = {}
-    metrics |= sample_metrics(cfg, model, datamodule, datamodule.name, settings)
+    metrics |= sample_metrics(cfg, model, datamodule, datamodule.source.name, settings)
     log_latent_pictures(loggers, model, datamodule, step=0)
     trainer.test(model, datamodule=datamodule, verbose=False)  # in our table below, with the rest
     metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from aelab import runfolder, speedups
+from aelab.data import ImageDataModule
 from aelab.errors import ConfigError, Interrupted
 from aelab.loggers.hparams import compared_hparams
 from aelab.loggers.runs import closing, log_final_metrics, log_run_start
@@ -58,7 +59,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def build_datamodule(cfg: DictConfig, seed: int) -> L.LightningDataModule:
+def build_datamodule(cfg: DictConfig, seed: int) -> ImageDataModule:
     """The datamodule of `cfg.data`; what its constructor rejects is one line naming `data`."""
     with building("data"):
         return instantiate(cfg.data, seed=seed)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from aelab.data.source import SourceImages
+from aelab.errors import DataError
 
 VERSION = 1  # bump when the layout changes: older caches are rebuilt
 
@@ -120,3 +121,33 @@ class Writer:
     def abort(self) -> None:
         self.file.close()
         self.partial.unlink(missing_ok=True)
+
+
+class CachedSource:
+    """What the sources that decode their images once into a cache share (a folder of images,
+    torchvision's datasets): `ready` finds an up-to-date cache at `stem` (its `fingerprint`
+    names what it was made from) and keeps it mapped, `load` serves it."""
+
+    name: str
+    stem: Path
+    _cached: CachedArrays | None = None
+
+    def fingerprint(self, split_seed: int) -> str:
+        raise NotImplementedError
+
+    def ready(self, split_seed: int) -> bool:
+        self._cached = load(self.stem, self.fingerprint(split_seed))
+        return self._cached is not None
+
+    def load(self, split_seed: int) -> SourceImages:
+        if not self.ready(split_seed):
+            raise DataError(f"{self.stem}: no up-to-date cache of {self.name}; prepare makes it")
+        assert self._cached is not None  # ready() found it
+        return self._cached.source_images()
+
+    def cached_shape(self) -> tuple[int, int, int] | None:
+        """(channels, height, width) of the cache that `ready` found, else None."""
+        if self._cached is None:
+            return None
+        channels, height, width = self._cached.images.shape[1:]
+        return channels, height, width

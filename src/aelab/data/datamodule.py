@@ -62,6 +62,7 @@ class ImageDataModule(L.LightningDataModule):
                 "name, prepare, ready, image_shape and load: aelab.data.source.ImageSource)"
             )
         self.source = source
+        self.name = source.name  # mnist, fashion, CIFAR10, folder, ...
         self.binarize = binarize
         self.augment = check_augment(augment)
         self.batch_size = batch_size
@@ -77,11 +78,6 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: TensorImages = None  # type: ignore[assignment]
         self.val_set: TensorImages = None  # type: ignore[assignment]
         self.test_set: TensorImages = None  # type: ignore[assignment]
-
-    @property
-    def name(self) -> str:
-        """The source's name (mnist, fashion, CIFAR10, folder, ...)."""
-        return self.source.name
 
     def prepare_data(self) -> None:
         self.source.prepare(self.split_seed)

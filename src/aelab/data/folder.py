@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from aelab.data import cache
-from aelab.data.source import SourceImages
 from aelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,7 @@ def image_array(image, size: tuple[int, int], channels: int) -> np.ndarray:
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-class FolderSource:
+class FolderSource(cache.CachedSource):
     """A folder of images as the datamodule's uint8 tensors (see the module's docstring)."""
 
     name = "folder"
@@ -153,19 +152,19 @@ class FolderSource:
             )
         self.root = Path(path).expanduser()
         self.cache_dir = Path(cache_dir).expanduser()
+        self.stem = self.cache_stem(self.root, self.cache_dir)
         self.image_size = image_size
         self.channels = channels
         self.skip_bad = skip_bad
         self._listing: Listing | None = None
-        self._cached: cache.CachedArrays | None = None
 
-    @property
-    def stem(self) -> Path:
+    @staticmethod
+    def cache_stem(root: Path, cache_dir: Path) -> Path:
         """Where the cache lies: in the folder when it is writable, else under `cache_dir`."""
-        if os.access(self.root, os.W_OK):
-            return self.root / ".aelab-cache"
-        digest = hashlib.sha1(str(self.root.absolute()).encode()).hexdigest()[:16]
-        return self.cache_dir / f"folder-{digest}"
+        if os.access(root, os.W_OK):
+            return root / ".aelab-cache"
+        digest = hashlib.sha1(str(root.absolute()).encode()).hexdigest()[:16]
+        return cache_dir / f"folder-{digest}"
 
     def listing(self) -> Listing:
         if self._listing is None:
@@ -185,22 +184,11 @@ class FolderSource:
         text = json.dumps([settings, listing.classes, entries])
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def ready(self, split_seed: int) -> bool:
-        """Whether the cache is up to date with the folder (it is then kept, mapped)."""
-        self._cached = cache.load(self.stem, self.fingerprint(split_seed))
-        return self._cached is not None
-
-    def load(self, split_seed: int) -> SourceImages:
-        if not self.ready(split_seed):
-            raise DataError(f"{self.stem}: no up-to-date cache of the images; prepare makes it")
-        assert self._cached is not None  # ready() found it
-        return self._cached.source_images()
-
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the cache, or that it will have (from the headers)."""
-        if self._cached is not None:
-            channels, height, width = self._cached.images.shape[1:]
-            return channels, height, width
+        shape = self.cached_shape()
+        if shape is not None:
+            return shape
         listing = self.listing()
         size, channels, _ = self._inspect(listing.train + listing.test)
         return (channels, *size)

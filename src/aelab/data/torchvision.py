@@ -19,7 +19,6 @@ import torch
 
 from aelab.data import cache
 from aelab.data.folder import DECODE_CHUNK, image_array
-from aelab.data.source import SourceImages
 from aelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ def _split_argument(cls: type) -> str | None:
     return next((p for p in ("train", "split") if p in parameters), None)
 
 
-class TorchvisionSource:
+class TorchvisionSource(cache.CachedSource):
     """A torchvision dataset as the datamodule's uint8 tensors (see the module's docstring)."""
 
     def __init__(
@@ -88,7 +87,6 @@ class TorchvisionSource:
         self.stem = Path(cache_dir).expanduser() / stem
         self.image_size = image_size
         self.channels = channels
-        self._cached: cache.CachedArrays | None = None
 
     def fingerprint(self, split_seed: int) -> str:
         import torchvision
@@ -97,23 +95,12 @@ class TorchvisionSource:
         settings += [split_seed, torchvision.__version__]
         return hashlib.sha1(json.dumps(settings).encode()).hexdigest()
 
-    def ready(self, split_seed: int) -> bool:
-        """Whether the cache is made (it is then kept, mapped)."""
-        self._cached = cache.load(self.stem, self.fingerprint(split_seed))
-        return self._cached is not None
-
-    def load(self, split_seed: int) -> SourceImages:
-        if not self.ready(split_seed):
-            raise DataError(f"{self.stem}: no up-to-date cache of {self.name}; prepare makes it")
-        assert self._cached is not None  # ready() found it
-        return self._cached.source_images()
-
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the cache, which `prepare` (or `ready`) found."""
-        if self._cached is None:
+        shape = self.cached_shape()
+        if shape is None:
             raise DataError(f"{self.name}: its shape is read from its cache; prepare makes it")
-        channels, height, width = self._cached.images.shape[1:]
-        return channels, height, width
+        return shape
 
     def _open(self, train: bool, download: bool):
         kwargs: dict[str, Any] = {"download": download}

@@ -398,8 +398,9 @@ def trial_pruning(monitor: str | None) -> "L.Callback":
     import lightning as L
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    sweeper = hydra_cfg.sweeper if hydra_cfg else {}
-    if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != PLUGIN:
+    multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+    sweeper = hydra_cfg.sweeper if hydra_cfg is not None and multirun else None
+    if hydra_cfg is None or sweeper is None or sweeper.get("_target_") != PLUGIN:
         raise ConfigError(
             "callbacks.trial_pruning reports to the trial of an Optuna search "
             "(hparams_search=...); remove it with ~callbacks.trial_pruning"
