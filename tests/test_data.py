@@ -5,7 +5,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, VAL_SIZE, mnist_source, write_dataset, write_idx
+from conftest import N_TEST, N_TRAIN, REPO, VAL_SIZE, mnist_source, write_dataset, write_idx
 
 from aelab.data import ImageDataModule, to_float
 from aelab.data.batches import BatchIndices
@@ -321,3 +321,35 @@ def test_an_unknown_binarization_names_the_key_and_the_choices(data_dir):
         match=r"^data.binarize='yes' is not allowed; it must be dynamic, static or null$",
     ):
         datamodule(data_dir, binarize="yes")
+
+
+def test_a_source_of_ones_own_as_docs_extending_writes_it(compose_cfg, tmp_path, monkeypatch):
+    """docs/extending.md's NoiseSource and its YAML, taken from the page itself: composed from
+    another config folder, its keys checked like every _target_'s, split and served."""
+    import re
+
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from aelab.validation import check_config
+
+    page = (REPO / "docs" / "extending.md").read_text()
+    code = re.search(r"```python\n(# my_sources.py\n.*?)```", page, re.S).group(1)
+    yaml = re.search(r"```yaml\n# my_configs/data/noise.yaml\n(.*?)```", page, re.S).group(1)
+    (tmp_path / "my_sources.py").write_text(code)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "noise.yaml").write_text(yaml)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg(f"hydra.searchpath=[file://{tmp_path}]", "data=noise", output_dir=tmp_path)
+    check_config(cfg)
+    dm = instantiate(cfg.data, seed=0)
+    dm.prepare_data()
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (1800, 200, 200)
+    assert dm.image_shape == (1, 16, 16) and dm.classes is None and dm.name == "noise"
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.dtype == torch.float32 and x.shape == (128, 1, 16, 16) and set(y.tolist()) == {-1}
+    with open_dict(cfg):
+        cfg.data.source.n_tain = 5
+    with pytest.raises(ConfigError, match=r"^data.source.n_tain is not an argument of my_sources"):
+        check_config(cfg)
