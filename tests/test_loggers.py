@@ -266,3 +266,18 @@ def test_wandb_mode_reads_the_netrc_of_wandb_login(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(ConfigError, match="WANDB_MODE='sometimes' is not allowed"):
         wandb_mode()
+
+
+def test_a_misspelt_mlflow_key_is_one_line_though_the_logger_hands_kwargs_on(compose_cfg):
+    """aelab's MLFlowLogger takes **kwargs for Lightning's: the check follows them there."""
+    from omegaconf import open_dict
+
+    from aelab.errors import ConfigError
+    from aelab.validation import check_arguments
+
+    cfg = compose_cfg("logger=mlflow")
+    check_arguments("logger.mlflow", cfg.logger.mlflow)
+    with open_dict(cfg):
+        cfg.logger.mlflow.experimnt_name = "x"
+    with pytest.raises(ConfigError, match=r"^logger.mlflow.experimnt_name is not an argument"):
+        check_arguments("logger.mlflow", cfg.logger.mlflow)

@@ -91,7 +91,7 @@ def test_hparams_are_what_runs_are_compared_by_swept_first(compose_cfg, monkeypa
     assert values["optimizer"] == "Adam" and values["scheduler"] == "CosineAnnealingLR"
     assert values["model.latent_dim"] == 20 and values["seed"] == 7
     assert "model.net.hidden_dims" not in values  # one column per searched key, not two
-    assert values["data"] == "mnist" and values["data.batch_size"] == 128
+    assert values["data.source.name"] == "mnist" and values["data.batch_size"] == 128
     assert not [name for name in values if "_target_" in name or "dir" in name]
     assert "data.chunk_size" not in values and "tags" not in values  # loading internals; none
 

@@ -24,8 +24,11 @@ PROFILERS = ("simple", "advanced", "pytorch", "xla")  # the names Lightning's Tr
 # Set by the code that instantiates the node, not by the config.
 PROVIDED = {"model": {"image_shape"}, "model.net": {"image_shape", "latent_dim"}, "data": {"seed"}}
 # Where a `**kwargs` of the node's class goes: a model's `**shared` are AutoencoderModule's
-# arguments, checked as its own.
-HANDED_ON = {"model": "aelab.models.AutoencoderModule"}
+# arguments, checked as its own; aelab's MLflow logger hands the rest to Lightning's.
+HANDED_ON = {
+    "model": "aelab.models.AutoencoderModule",
+    "logger.mlflow": "lightning.pytorch.loggers.MLFlowLogger",
+}
 # Keys of the data config that may differ when a run is resumed: where the files are and how
 # they are loaded, not which images are trained on.
 DATA_LOADING = {
@@ -302,6 +305,10 @@ def check_types(key: str, node: DictConfig, *targets: Any) -> None:
         name = str(name)
         if name.startswith("_") or name not in hints:
             continue
+        if OmegaConf.is_missing(node, name):
+            raise ConfigError(
+                f"{key}.{name} is not set; give it on the command line: {key}.{name}=..."
+            )
         value = node[name]
         if isinstance(value, DictConfig) and "_target_" in value:
             check_arguments(f"{key}.{name}", value)  # a config of its own

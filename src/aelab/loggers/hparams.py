@@ -39,7 +39,7 @@ COMPARED = (
     "model.optimizer.lr",
     "model.optimizer.weight_decay",
     "scheduler",
-    "data",
+    "data.source.name",
     "data.batch_size",
     "trainer.max_epochs",
     "trainer.precision",
