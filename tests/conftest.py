@@ -132,9 +132,9 @@ def refusal(compose_cfg, monkeypatch):
     """What `python train.py OVERRIDES` prints on stderr when it refuses a config, found
     in-process (no interpreter to start): what does not compose is the CLI's one line
     (aelab.cli.composition_error); what composes goes the CLI's way (aelab.train._hydra_main:
-    absolute folders, checkpoint files, then `train`, which checks the config, builds the data
-    and the model before any step) inside the CLI's report_user_errors. Downloads fail at once,
-    as offline. Returns stderr; fails the test if the config trained."""
+    absolute folders, then `aelab.train.run`: checkpoint files, then `train`, which checks the
+    config, builds the data and the model before any step, inside report_user_errors).
+    Downloads fail at once, as offline. Returns stderr; fails the test if the config trained."""
     import contextlib
     import io
 
@@ -142,10 +142,7 @@ def refusal(compose_cfg, monkeypatch):
     from hydra.errors import CompactHydraException
 
     from aelab.cli import composition_error
-    from aelab.errors import report_user_errors
-    from aelab.train import absolute_paths
-    from aelab.training import train
-    from aelab.validation import check_files
+    from aelab.train import absolute_paths, run
 
     def offline(*args, **kwargs):
         raise RuntimeError(f"Error downloading: <urlopen error> ({CLOSED_PORT})")
@@ -160,14 +157,9 @@ def refusal(compose_cfg, monkeypatch):
         except CompactHydraException as err:
             return composition_error(err) + "\n"
         stderr = io.StringIO()
-        with (
-            contextlib.redirect_stderr(stderr),
-            pytest.raises(SystemExit) as stop,
-            report_user_errors(),
-        ):
+        with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as stop:
             absolute_paths(cfg)
-            check_files(cfg)
-            train(cfg)
+            run(cfg)
         assert stop.value.code == 1
         return stderr.getvalue()
 

@@ -268,9 +268,7 @@ def test_wandb_mode_reads_the_netrc_of_wandb_login(monkeypatch, tmp_path):
         wandb_mode()
 
 
-def test_a_misspelt_mlflow_key_is_one_line_though_the_logger_hands_kwargs_on(
-    compose_cfg, tmp_path
-):
+def test_a_misspelt_mlflow_key_is_one_line_though_the_logger_hands_kwargs_on(compose_cfg, tmp_path):
     """aelab's MLFlowLogger takes **kwargs for Lightning's: the check follows them there."""
     from omegaconf import open_dict
 

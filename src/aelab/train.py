@@ -8,6 +8,7 @@ through aelab.sweeps.jobs, which records it and never lets its failure stop the 
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -29,7 +30,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         from aelab.training import fit_and_test, optimized
 
         return run_sweep_job(cfg, fit_and_test, optimized)
-    with report_user_errors(lambda: discard_refused_run(cfg)):
+    return run(cfg, refused=lambda: discard_refused_run(cfg))
+
+
+def run(cfg: DictConfig, refused: Callable[[], None] | None = None) -> float | None:
+    """One training run as the command line starts it: a config or file it refuses is one
+    `error:` line and exit code 1, after `refused()` has cleared what the run wrote."""
+    with report_user_errors(refused):
         check_files(cfg)  # a wrong checkpoint file is refused before torch loads
         from aelab.training import train
 
