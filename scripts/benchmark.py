@@ -36,9 +36,9 @@ initialised (the cost does not depend on them).
 
 With `--folder-row DIR` it measures only the data=folder row instead: MNIST's 70k images written
 as PNGs into DIR (train/ and test/, a folder per digit; once), then (a) on data=mnist (the IDX
-files) and on data=folder data.source.path=DIR (its cache built before the first round, and timed), each
-variant in a process of its own, taking turns for `--rounds` rounds: samples/s and peak resident
-memory of each.
+files) and on data=folder data.source.path=DIR (its cache built before the first round, and
+timed), each variant in a process of its own, taking turns for `--rounds` rounds: samples/s and
+peak resident memory of each.
 
 It also times start-up: `train.py --help` and `train.py --cfg job` (best of `--startup-runs`, 3),
 which compose the config without importing torch or Lightning.
