@@ -70,7 +70,7 @@ from rich.table import Table
 
 from aelab.config import CONFIG_DIR, prepare_hydra
 from aelab.data import to_float
-from aelab.data.idx import read_idx
+from aelab.data.idx_reader import read_idx
 from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
 from aelab.machine import cpu_name
 from aelab.speedups import NVML_CHECK, skip_nvml_probe_without_cuda

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aelab.config import CONFIG_DIR
-from aelab.data.idx import read_idx
+from aelab.data.idx_reader import read_idx
 from aelab.errors import AelabError, DataError, root_cause
 from aelab.training import build_datamodule, build_model
 from aelab.validation import building, check_config

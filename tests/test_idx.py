@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import write_idx
 
-from aelab.data.idx import read_idx, read_idx_shape
+from aelab.data.idx_reader import read_idx, read_idx_shape
 from aelab.errors import DataError
 
 
