@@ -3,6 +3,7 @@
 from aelab.models.autoencoder import Autoencoder
 from aelab.models.base import AutoencoderModule
 from aelab.models.iwae import IWAE
+from aelab.models.ladder_vae import LadderVAE
 from aelab.models.two_layer_vae import TwoLayerVAE
 from aelab.models.vae import VAE
 from aelab.models.vampprior import VampPriorVAE
@@ -16,6 +17,7 @@ __all__ = [
     "WAE",
     "Autoencoder",
     "AutoencoderModule",
+    "LadderVAE",
     "TwoLayerVAE",
     "VampPriorVAE",
 ]
