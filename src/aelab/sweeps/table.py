@@ -36,6 +36,20 @@ def mean_std(mean: float | None, std: float | None) -> str:
     return number(mean) if std is None or pd.isna(std) else f"{number(mean)} ± {number(std)}"
 
 
+def difference(diff: float, low: float, high: float) -> str:
+    """A difference of means and its confidence interval, `*` when the interval excludes 0;
+    "-" where there is none (the baseline itself, a row of fewer than 2 values)."""
+    if pd.isna(diff):
+        return "-"
+    mark = "" if low <= 0 <= high else " *"
+    return f"{number(diff)} [{number(low)}, {number(high)}]{mark}"
+
+
+def p_value(p: float) -> str:
+    """Two significant digits (0.0031, 0.43, 1.2e-05); "-" where there is none."""
+    return "-" if pd.isna(p) else f"{p:.2g}"
+
+
 def markdown(shown: pd.DataFrame, right: Sequence[str] = ()) -> str:
     """`shown` (cells already text) as a Markdown table, the columns `right` aligned right."""
     cells = shown.map(lambda cell: str(cell).replace("|", "\\|"))
