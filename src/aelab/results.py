@@ -41,6 +41,7 @@ COLUMNS = [
     ("test/knn_acc", "k-NN acc"),
     ("test/linear_acc", "linear acc"),
 ]
+HEADINGS = dict(COLUMNS)
 
 
 def quoted(value: object) -> str:
@@ -87,38 +88,69 @@ def eval_command(cfg: DictConfig, dataset: str, row: str) -> list[str]:
     ]
 
 
-def table(cfg: DictConfig, dataset: str) -> str:
-    """The dataset's Markdown table: one line per row of the table, from each row's
-    `eval_summary.csv` ("not run yet" where there is none)."""
+def table_data(cfg: DictConfig, dataset: str) -> "pd.DataFrame":
+    """One line per row of the table: `row`, then the columns of the row's `eval_summary.csv`
+    (none where it has not run yet) and, with a `table.baseline`, each row's `table.compare`
+    metrics against the baseline row's (`aelab.sweeps.summary.compare`)."""
     import pandas as pd
 
-    from aelab.sweeps.table import markdown
+    from aelab.sweeps.summary import compare
 
-    summaries = {}
+    lines = []
     for row in cfg.table.rows:
         path = Path(cfg.work_dir) / dataset / row / "eval_summary.csv"
-        if path.is_file():
-            summaries[row] = pd.read_csv(path, keep_default_na=False, na_values=[""]).iloc[0]
-    columns = [
-        (m, h) for m, h in COLUMNS if any(pd.notna(s.get(f"{m}_mean")) for s in summaries.values())
-    ]
+        found = path.is_file()
+        summary = pd.read_csv(path, keep_default_na=False, na_values=[""]) if found else None
+        lines.append({"row": row} | ({} if summary is None else summary.iloc[0].to_dict()))
+    data = pd.DataFrame(lines).drop(columns="overrides", errors="ignore")
+    counts = [c for c in data.columns if c in ("n", "failed", "pruned") or c.endswith("_n")]
+    data[counts] = data[counts].astype("Int64")  # whole numbers, also beside a row not run yet
+    if cfg.table.get("baseline") is None:
+        return data
+    return compare(data, "row", cfg.table.baseline, cfg.table.compare, "table.baseline")
+
+
+def table(cfg: DictConfig, data: "pd.DataFrame") -> str:
+    """The dataset's Markdown table from its `table_data`: n, failed and mean ± std of every
+    column some row has ("not run yet" in a row without an evaluation), then the comparisons
+    with the baseline row."""
+    import pandas as pd
+
+    from aelab.sweeps.summary import comparison_cells
+    from aelab.sweeps.table import markdown
+
+    columns = [(m, h) for m, h in COLUMNS if data.get(f"{m}_mean", pd.Series()).notna().any()]
     headings = ["row", "n", "failed", *(h for _, h in columns)]
-    rows = [[f"`{row}`", *cells(summaries.get(row), columns)] for row in cfg.table.rows]
+    rows = [[f"`{line['row']}`", *cells(line, columns)] for _, line in data.iterrows()]
     shown = pd.DataFrame(rows, columns=headings)
-    accuracy = [s.get("test/classifier_acc_mean") for s in summaries.values()]
-    known = [a for a in accuracy if a is not None and pd.notna(a)]
-    note = f"\n\nThe feature classifier's own test accuracy: {known[0]:.2%}." if known else ""
-    return markdown(shown, right=headings[1:]) + note
+    baseline = cfg.table.get("baseline")
+    for metric in cfg.table.compare if baseline is not None else ():
+        shown = shown.assign(**comparison_cells(data, metric, HEADINGS[metric], f"`{baseline}`"))
+    accuracy = data.get("test/classifier_acc_mean", pd.Series()).dropna()
+    note = (
+        f"\n\nThe feature classifier's own test accuracy: {accuracy.iloc[0]:.2%}."
+        if len(accuracy)
+        else ""
+    )
+    return markdown(shown, right=list(shown.columns[1:])) + note
 
 
-def cells(summary: "pd.Series | None", columns: list[tuple[str, str]]) -> list[str]:
+def cells(summary: "pd.Series", columns: list[tuple[str, str]]) -> list[str]:
     """A row's `n`, `failed` and mean ± std of each column; "not run yet" without a summary."""
+    import pandas as pd
+
     from aelab.sweeps.table import mean_std
 
-    if summary is None:
+    if pd.isna(summary.get("n")):
         return ["0", "-", *("not run yet" for _ in columns)]
     means = [mean_std(summary.get(f"{m}_mean"), summary.get(f"{m}_std")) or "-" for m, _ in columns]
     return [str(int(summary["n"])), str(int(summary["failed"])), *means]
+
+
+def csv_path(cfg: DictConfig, dataset: str) -> Path:
+    """The table's CSV, full precision, beside `output`: `<output's name>_<table>_<dataset>.csv`."""
+    output = Path(cfg.output)
+    return output.with_name(f"{output.stem}_{cfg.table.name}_{dataset}.csv")
 
 
 def machine() -> str:
@@ -131,9 +163,27 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores{gpu}; {versions}"
 
 
-def section(cfg: DictConfig, command: str) -> str:
+def comparison_text(cfg: DictConfig) -> str:
+    """How to read the comparison columns, and where the CSV is."""
+    files = ", ".join(
+        f"[{csv_path(cfg, d).name}]({csv_path(cfg, d).name})" for d in cfg.table.datasets
+    )
+    baseline = cfg.table.get("baseline")
+    if baseline is None:
+        return f"Every column at full precision: {files}."
+    return (
+        f"Δ ... vs `{baseline}`: the row's mean minus the `{baseline}` row's, with the 95% "
+        "confidence interval of Welch's t over the seeds (unequal spreads, Welch-Satterthwaite "
+        "degrees of freedom), marked * where the interval excludes 0; p: the two-sided p-value "
+        f"of the same test; - on the `{baseline}` row itself and where either row has fewer "
+        f"than 2 seeds with the metric. Every column at full precision, with the interval's "
+        f"ends: {files}."
+    )
+
+
+def section(cfg: DictConfig, command: str, data: "dict[str, pd.DataFrame]") -> str:
     """The table's section: its title, the command, the budget, the machine, the rows' overrides
-    and one table per dataset."""
+    and one table per dataset (`data`: each dataset's `table_data`)."""
     rows = "; ".join(f"`{row}`: `{' '.join(o)}`" for row, o in cfg.table.rows.items())
     common = " ".join(cfg.table.common)
     parts = [
@@ -156,22 +206,26 @@ def section(cfg: DictConfig, command: str) -> str:
         "dataset. k-NN (k=10) and linear-probe accuracy of the latent codes.",
         "",
         f"Rows (train.py overrides): {rows}" + (f"; every row: `{common}`." if common else "."),
+        "",
+        comparison_text(cfg),
     ]
     for dataset in cfg.table.datasets:
-        parts += ["", f"### {dataset}", "", table(cfg, dataset)]
+        parts += ["", f"### {dataset}", "", table(cfg, data[dataset])]
     return "\n".join(parts)
 
 
 def write_results(cfg: DictConfig, command: str) -> Path:
     """Rewrite the table's section of `output` (between its two marker comments), keeping the
     rest of the file; a new file gets a title, a missing section goes at the end. Under a lock,
-    so that the commands of two tables can run at once."""
+    so that the commands of two tables can run at once. Each dataset's table also goes, at full
+    precision, into its CSV beside `output` (`csv_path`)."""
     import fcntl
 
     from aelab.checkpoints import write_atomically
 
+    data = {dataset: table_data(cfg, dataset) for dataset in cfg.table.datasets}
     begin, end = f"<!-- aelab.results table={cfg.table.name} -->", "<!-- end of table -->"
-    block = f"{begin}\n{section(cfg, command)}\n{end}"
+    block = f"{begin}\n{section(cfg, command, data)}\n{end}"
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output.with_name(f".{output.name}.lock"), "w") as lock:
@@ -185,6 +239,8 @@ def write_results(cfg: DictConfig, command: str) -> Path:
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
         write_atomically(output, text.encode())
+        for dataset, frame in data.items():
+            write_atomically(csv_path(cfg, dataset), frame.to_csv(index=False).encode())
     return output
 
 
@@ -202,6 +258,25 @@ def chosen_rows(cfg: DictConfig) -> list[str]:
             f"table={cfg.table.name}; its rows: {', '.join(rows)}"
         )
     return [row for row in rows if row in cfg.only]
+
+
+def check_comparison(cfg: DictConfig) -> None:
+    """`table.baseline` (null, or a row of the table) and `table.compare` (the metrics it is
+    compared on: columns of the tables), checked before anything runs."""
+    baseline, compared = cfg.table.get("baseline"), list(cfg.table.get("compare") or [])
+    if baseline is None:
+        return
+    if baseline not in cfg.table.rows:
+        raise ConfigError(
+            f"table.baseline={baseline} is not a row of table={cfg.table.name}; its rows: "
+            f"{', '.join(cfg.table.rows)} (or null: no comparison)"
+        )
+    unknown = [metric for metric in compared if metric not in HEADINGS]
+    if unknown or not compared:
+        raise ConfigError(
+            f"table.compare={compared}: {', '.join(unknown) or 'no metric'} is not a column of "
+            f"the tables; the columns: {', '.join(HEADINGS)}"
+        )
 
 
 def shown_command(args: list[str]) -> str:
@@ -240,6 +315,7 @@ def run_step(command: list[str]) -> int:
 def results(cfg: DictConfig) -> Path:
     """Train what is missing, evaluate what is not yet, write the table's section."""
     rows = chosen_rows(cfg)
+    check_comparison(cfg)
     failed = []
     command_line = shown_command(sys.argv[1:])
     if cfg.tables_only:
