@@ -208,7 +208,8 @@ def test_help_lists_groups_and_options():
     result = run_train("--help")
     assert result.returncode == 0
     for line in [
-        "model: ae, beta_vae, conv_ae, conv_vae, deep_ae, iwae, two_layer_vae, vae, vampprior, vqvae, wae",
+        "model: ae, beta_vae, conv_ae, conv_vae, deep_ae, iwae, ladder_vae, two_layer_vae, vae, vampprior,"
+        " vqvae, wae",
         "net: conv, mlp, resnet",
         "data: celeba, cifar10, fashion, folder, idx, mnist, svhn, torchvision",
         "logger: csv, many, mlflow, none, tensorboard, wandb",
