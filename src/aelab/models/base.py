@@ -1,19 +1,19 @@
 """What every autoencoder shares: network, train/val/test steps, metrics, optimizer, scheduler."""
 
-import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from torch import nn
 
-from aelab.errors import AelabError, ConfigError, root_cause
+from aelab.errors import ConfigError
+from aelab.models.arguments import build, built, not_saved
+from aelab.models.checkpoint_state import restore_rng_states, save_state
+from aelab.models.means import EpochMeans
+from aelab.models.noise import check_noise, corrupted
 from aelab.validation import building
 
-NOISES = (None, "gaussian", "masking")
 TRAIN = "train"  # the stage whose metrics are `train/...`
 VAL = "val"  # and `val/...`
 TEST = "test"
@@ -56,25 +56,23 @@ class AutoencoderModule(L.LightningModule):
         noise_level: float = 0.0,
     ) -> None:
         super().__init__()
-        if noise not in NOISES:
-            raise ConfigError(f"model.noise={noise!r} is unknown; allowed: {list(NOISES)}")
-        limit = 1 if noise == "masking" else 10
-        if noise is not None and not 0 < noise_level <= limit:
-            raise ConfigError(f"model.noise_level={noise_level} must be in (0, {limit}] ({noise})")
+        check_noise(noise, noise_level)
         self.latent_dim = latent_dim
         self.net = build(net or DEFAULT_NET, image_shape=list(image_shape), latent_dim=latent_dim)
         # one blank image: Lightning's model summary shows FLOPs and sizes per image with it
         # (not under compile: it would compile the network for a batch of one first)
         self.example_input_array = None if compile else torch.zeros(1, *image_shape)
-        self.optimizer_factory = _built(optimizer)
-        self.scheduler_factory = _built(scheduler)
+        self.optimizer_factory = built(optimizer)
+        self.scheduler_factory = built(scheduler)
         self.compile_modules = compile
         self.noise = noise
         self.noise_level = noise_level
         self.epoch_progress = 0.0  # epochs of training done, fractional: warm-ups read it
-        self._sums: dict[str, tuple[torch.Tensor, int]] = {}  # this evaluation's sums, images
+        self._means = EpochMeans()  # of this evaluation's terms
         self._rng_states_to_restore: dict | None = None
-        self.save_hyperparameters(logger=False, ignore=not_saved(type(self), optimizer, scheduler))
+        self.save_hyperparameters(
+            logger=False, ignore=not_saved(type(self), AutoencoderModule, optimizer, scheduler)
+        )
 
     def configure_model(self) -> None:
         """`model.compile=true`: torch.compile every submodule in place, which keeps the
@@ -84,28 +82,11 @@ class AutoencoderModule(L.LightningModule):
                 module.compile()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the random state, so that a resumed deterministic run draws the same noise, and
-        the validation metrics the checkpoint was chosen by, so that a sweep reports the
-        metrics of the checkpoint it tested."""
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint["val_metrics"] = {
-            name: float(value)
-            for name, value in self.trainer.callback_metrics.items()
-            if name.startswith(f"{VAL}/")
-        }
+        """The random state and the validation metrics (aelab.models.checkpoint_state)."""
+        save_state(checkpoint, self.trainer.callback_metrics, f"{VAL}/")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_states_to_restore = checkpoint.get("rng_states")
-
-    def _restore_rng_states(self, states: dict) -> None:
-        """The saved random states, at the first step after a resume: once everything before
-        it has run (Lightning calls no epoch-start hook when it resumes mid-epoch)."""
-        torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
-        self._rng_states_to_restore = None
+        self._rng_states_to_restore = checkpoint.get("rng_states")  # at the first step
 
     def on_train_epoch_start(self) -> None:
         if self.scheduler_factory is not None:
@@ -123,15 +104,8 @@ class AutoencoderModule(L.LightningModule):
         raise NotImplementedError
 
     def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The denoising input: Gaussian noise of std `noise_level` (clipped to [0, 1]), or
-        masking that zeroes each pixel with probability `noise_level`."""
-        if self.noise == "gaussian":
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            return (x + self.noise_level * eps).clamp_(0, 1)
-        if self.noise == "masking":
-            keep = torch.rand(x.shape, generator=generator, device=x.device) >= self.noise_level
-            return x * keep
-        return x
+        """The denoising input (aelab.models.noise); `x` itself without `noise`."""
+        return corrupted(x, self.noise, self.noise_level, generator)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """x -> x_hat through the code, as shown in `val/reconstructions`."""
@@ -142,7 +116,8 @@ class AutoencoderModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if self._rng_states_to_restore:
-            self._restore_rng_states(self._rng_states_to_restore)
+            restore_rng_states(self._rng_states_to_restore)
+            self._rng_states_to_restore = None
         x, _ = batch
         self.epoch_progress = self.current_epoch + batch_idx / max(
             1, self.trainer.num_training_batches
@@ -172,17 +147,14 @@ class AutoencoderModule(L.LightningModule):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(batch_idx)
             terms = self.loss_terms(x, x)
-        count = x.shape[0]
-        for name, value in terms.items():
-            total, images = self._sums.get(name, (0.0, 0))
-            self._sums[name] = (total + value.detach() * count, images + count)
+        self._means.add(terms, x.shape[0])
         return terms["loss"]
 
     def on_validation_epoch_start(self) -> None:
-        self._sums = {}
+        self._means = EpochMeans()
 
     def on_test_epoch_start(self) -> None:
-        self._sums = {}
+        self._means = EpochMeans()
 
     def on_validation_epoch_end(self) -> None:
         self._log_means(VAL)
@@ -191,21 +163,9 @@ class AutoencoderModule(L.LightningModule):
         self._log_means(TEST)
 
     def _log_means(self, stage: str) -> None:
-        """Log each term's mean over every image of the epoch, on all ranks together: sums and
-        image counts are added up across ranks, so shards of unequal size (the test set on 3
-        ranks) still give the mean over the whole set. Written out because Lightning's mean
-        over ranks divides its integer image count in place (rounding it), and torchmetrics'
-        MeanMetric reads a value back to the host at every update (its NaN check)."""
-        if not self._sums:
-            return
-        names = sorted(self._sums)
-        totals = torch.stack([self._sums[name][0] for name in names])
-        counts = torch.tensor([self._sums[name][1] for name in names], device=totals.device)
-        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        counts = self.trainer.strategy.reduce(counts.to(totals.dtype), reduce_op="sum")
-        for name, mean in zip(names, totals / counts, strict=True):
+        """Each term's mean over every image of the epoch, on all ranks together."""
+        for name, mean in self._means.reduced(self.trainer.strategy).items():
             self.log(f"{stage}/{name}", mean, prog_bar=True)
-        self._sums = {}
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
@@ -217,40 +177,3 @@ class AutoencoderModule(L.LightningModule):
         with building("model.scheduler"):
             schedule = {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
-
-
-def arguments(cls: type) -> set[str]:
-    """The arguments that `cls` takes by name: its own, and AutoencoderModule's when it hands
-    `**shared` on."""
-    parameters = inspect.signature(cls).parameters
-    names = {n for n, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-        names |= arguments(AutoencoderModule)
-    return names
-
-
-def not_saved(cls: type, optimizer: Any, scheduler: Any) -> list[str]:
-    """What the hyperparameters of a `cls` (every argument of its own and its `**shared`) leave
-    out: an optimizer or scheduler given as a Python object (a `functools.partial`) rather than
-    a config, so that every checkpoint loads weights-only; and what a parent's `__init__` takes
-    that `cls` does not (IWAE's VAE sets `beta`)."""
-    given = {"optimizer": optimizer, "scheduler": scheduler}
-    objects = [name for name, value in given.items() if not isinstance(value, Mapping | None)]
-    parents = {n for c in cls.__mro__ if issubclass(c, AutoencoderModule) for n in arguments(c)}
-    return [*objects, *(parents - arguments(cls))]
-
-
-def build(config: Mapping[str, Any], **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate` of a plain config, with the user's error (a ConfigError from the
-    network, say) raised as it is rather than wrapped in Hydra's InstantiationException."""
-    try:
-        return instantiate(dict(config), **kwargs, _convert_="all")
-    except InstantiationException as err:
-        if isinstance(cause := root_cause(err), AelabError):
-            raise cause from None
-        raise
-
-
-def _built(factory: Mapping[str, Any] | Callable | None) -> Callable | None:
-    """A `_partial_` config instantiated (the callable it describes), or the callable itself."""
-    return build(factory) if isinstance(factory, Mapping) else factory
