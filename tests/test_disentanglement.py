@@ -213,3 +213,12 @@ def test_the_paper_budget_is_disentanglement_libs():
     assert (PAPER_BUDGET.sap_train, PAPER_BUDGET.sap_test) == (10000, 5000)
     assert PAPER_BUDGET.factor_vae_batch == 64
     assert PAPER_BUDGET.images() == 10000 + 15000 + 15000 + 15000 * 64 + 10000
+
+
+def test_twenty_bins_cap_what_a_factor_of_more_values_can_score():
+    """dSprites' 32 positions and 40 orientations, as codes of themselves, keep about 0.85 and
+    0.81 of their entropy through 20 bins."""
+    rng = np.random.default_rng(0)
+    factors = np.stack([rng.integers(32, size=10000), rng.integers(40, size=10000)], axis=1)
+    nmi = normalised_mutual_information(factors.astype(np.float64), factors)
+    assert np.diag(nmi) == pytest.approx([0.85, 0.81], abs=0.01)
