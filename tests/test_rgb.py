@@ -10,7 +10,7 @@ from PIL import Image
 
 from aelab.errors import ConfigError
 from aelab.models import VAE
-from aelab.models.vae import bits_per_dim, discretized_logistic_log_prob
+from aelab.models.likelihoods import bits_per_dim, discretized_logistic_log_prob
 
 FIT = ("logger=none", "trainer.max_epochs=1", "++trainer.limit_train_batches=2")
 FIT += ("++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1")

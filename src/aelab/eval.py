@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from aelab.evaluation.progress import phase
     from aelab.evaluation.reconstruction import reconstruction_mse
     from aelab.evaluation.runs import load_run
-    from aelab.models.vae import DISCRETE, bits_per_dim
+    from aelab.models.likelihoods import DISCRETE, bits_per_dim
     from aelab.training import instantiate_all
 
     quiet_third_parties()

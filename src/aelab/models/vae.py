@@ -6,12 +6,8 @@
            | DLogistic(sigmoid(g(z)), s_c)       model.likelihood=logistic, s_c learned per channel
     loss   = E_q[-log p(x|z)] + beta * w(t) * KL(q(z|x) || p(z)),   in nats per image
 
-The discretized logistic (Salimans et al., 2017, PixelCNN++; Kingma et al., 2016) gives each
-8-bit value x = k/255 the logistic's mass on its bin [x - 1/510, x + 1/510], the edge bins
-reaching to -inf and +inf: a probability of the 8-bit image itself, so the VAE also reports
-bits per dimension, bpd = -ELBO / (D ln 2) with D = C * H * W (`train/bpd`, `val/bpd`, `test/bpd`),
-an upper bound comparable with the CIFAR-10 bits/dim of the papers. The Bernoulli and the
-continuous Gaussian decoders are not distributions over 8-bit images and report none.
+p(x|z)'s log-likelihoods and bits per dimension (of the logistic, over 8-bit images) are
+in aelab.models.likelihoods.
 
 With beta = 1 and no warm-up the loss is -ELBO; the reconstruction term with a Bernoulli decoder
 is binary cross-entropy summed over pixels and the KL term is analytic, exactly as in
@@ -21,43 +17,14 @@ pytorch/examples, so the numbers are comparable. w(t) rises linearly from 0 to 1
 
 import math
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aelab.errors import ConfigError
 from aelab.models.base import AutoencoderModule
-
-LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
-DISCRETE = ("logistic",)  # likelihoods of 8-bit images: bits per dimension mean something
-BINS = 255  # 8-bit pixels: x in {0, 1/255, ..., 1}
-
-
-T = TypeVar("T", torch.Tensor, float)
-
-
-def bits_per_dim(nats: T, dims: int) -> T:
-    """Nats per image to bits per dimension (pixel and channel)."""
-    return nats / (dims * math.log(2))
-
-
-def discretized_logistic_log_prob(
-    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
-) -> torch.Tensor:
-    """log P(x) per pixel of 8-bit values x = k/255 under a logistic of `mean` and scale
-    exp(`log_scale`) discretized into 255 bins: log(sigmoid(plus) - sigmoid(minus)) with
-    plus, minus the bin's edges, computed as logsigmoid(plus) + logsigmoid(-minus) +
-    log(1 - exp(minus - plus)), which stays finite where both sigmoids round to 0 or 1."""
-    half = 0.5 / BINS
-    inverse_scale = torch.exp(-log_scale)
-    plus = (x + half - mean) * inverse_scale
-    minus = (x - half - mean) * inverse_scale
-    middle = F.logsigmoid(plus) + F.logsigmoid(-minus) + torch.log(-torch.expm1(minus - plus))
-    lowest = F.logsigmoid(plus)  # x = 0: the mass below 0.5/255
-    highest = F.logsigmoid(-minus)  # x = 1: the mass above 1 - 0.5/255
-    return torch.where(x < half, lowest, torch.where(x > 1 - half, highest, middle))
+from aelab.models.likelihoods import DISCRETE, LIKELIHOODS, bits_per_dim, log_likelihood
 
 
 class VAE(AutoencoderModule):
@@ -128,22 +95,10 @@ class VAE(AutoencoderModule):
         return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
 
     def log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) of each image, in nats (summed over its pixels): logits (..., C, H, W)
-        against images x that broadcast to them (K samples of a batch share its images)."""
-
-        def pixels_summed(per_pixel: torch.Tensor) -> torch.Tensor:  # one flat reduction
-            return per_pixel.flatten(-3).sum(-1)
-
-        if self.likelihood == "bernoulli":
-            # x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)) = x l - softplus(l): minus the binary
-            # cross-entropy, in two passes over the logits (which dominate test/nll_iw's cost)
-            return pixels_summed(logits * x) - pixels_summed(F.softplus(logits))
-        if self.likelihood == "logistic":
-            mean = torch.sigmoid(logits)
-            return pixels_summed(discretized_logistic_log_prob(x, mean, self.log_scale))
-        mean, log_std = torch.sigmoid(logits), self.log_std
-        per_pixel = 0.5 * ((x - mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
-        return -pixels_summed(per_pixel)
+        """log p(x|z) of each image, in nats (summed over its pixels), of logits (..., C, H, W)
+        against images x that broadcast to them."""
+        scale = self.log_scale if self.likelihood == "logistic" else self.log_std
+        return log_likelihood(self.likelihood, logits, x, scale)
 
     def log_importance_weights(
         self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
