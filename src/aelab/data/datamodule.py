@@ -1,9 +1,6 @@
 """The datamodule of every source of images (aelab.data.source): uint8 tensors (N, C, H, W)
 with a fixed train/val split, served in chunks of batches (aelab.data.batches)."""
 
-import time
-
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
@@ -16,17 +13,13 @@ from aelab.data.binarize import (
     DynamicBinarization,
     binarized_once,
 )
+from aelab.data.placement import DataPlacement, rank_zero_seed, to_float
 from aelab.data.source import ImageSource
-from aelab.errors import ConfigError, DataError
+from aelab.errors import ConfigError
 from aelab.speedups import trained_batches
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels in [0, 255] to float in [0, 1]: done per batch, on the batch's device."""
-    return images.float().div_(255)
-
-
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(DataPlacement):
     """The images of `source`: its training file split into train and val, its test set.
 
     `prepare_data` only fetches (the source downloads or decodes into its cache); `setup` only
@@ -74,25 +67,10 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.on_device = on_device
         self.classes: list[str] | None = None  # the labels' names, after setup (None: no labels)
-        # None until setup(), and read only after it: typed as what the code reads
-        self.train_set: TensorImages = None  # type: ignore[assignment]
-        self.val_set: TensorImages = None  # type: ignore[assignment]
-        self.test_set: TensorImages = None  # type: ignore[assignment]
+        self.train_set = self.val_set = self.test_set = None  # type: ignore[assignment]
 
     def prepare_data(self) -> None:
         self.source.prepare(self.split_seed)
-
-    def wait_for_files(self, timeout: float = 3600, poll: float = 1.0) -> None:
-        """Wait until another process of this node (local rank 0, in `prepare_data`) has put
-        the complete files in place; never fetch or repair them here."""
-        deadline = time.monotonic() + timeout
-        while not self.source.ready(self.split_seed):
-            if time.monotonic() > deadline:
-                raise DataError(
-                    f"{self.name}: waited {timeout:.0f} s for local rank 0 to fetch it; it did "
-                    "not finish"
-                )
-            time.sleep(poll)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -100,12 +78,7 @@ class ImageDataModule(L.LightningDataModule):
         return self.source.image_shape()
 
     def setup(self, stage: str | None = None) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # With seed=null each process drew its own seed; the ranks' shards of one
-            # permutation must come from rank 0's.
-            shared = [self.seed]
-            torch.distributed.broadcast_object_list(shared, src=0)
-            self.seed = shared[0]
+        self.seed = rank_zero_seed(self.seed)
         if self.train_set is not None:
             return
         images = self.source.load(self.split_seed)
@@ -126,7 +99,7 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set = TensorImages(fixed[val_rows], labels[val_rows], release)
         self.test_set = TensorImages(test, images.test_labels, release)
         self.classes = images.classes
-        self._to_data_device()
+        self.move_to_data_device()
 
     def _val_count(self, n_train: int) -> int:
         """`val_size` as a number of images out of `n_train`."""
@@ -140,38 +113,8 @@ class ImageDataModule(L.LightningDataModule):
             )
         return int(val_size)
 
-    def _to_data_device(self) -> None:
-        device = self._data_device()
-        if device.type != "cpu":
-            for data in (self.train_set, self.val_set, self.test_set):
-                data.images, data.labels = data.images.to(device), data.labels.to(device)
-                data.after_gather = None
-
-    def _data_device(self) -> torch.device:
-        """The accelerator when `on_device` is set and training runs on one: the whole dataset
-        (47 MB for MNIST) then lives there, and an epoch makes no host-to-device copies."""
-        cpu = torch.device("cpu")
-        if not self.on_device or self.trainer is None:
-            return cpu
-        device = self.trainer.strategy.root_device
-        if device.type != "cpu" and self.num_workers > 0:
-            raise ConfigError(
-                f"data.num_workers={self.num_workers} needs data.on_device=false: with the data on "
-                f"{device}, batches are sliced there and there is nothing for workers to do"
-            )
-        return device
-
-    def _on_model_device(self, device: torch.device) -> bool:
-        """Whether `device` is where the model runs (or no trainer says otherwise)."""
-        return self.trainer is None or device == self.trainer.strategy.root_device
-
     def _loader(
-        self,
-        data: TensorImages | None,
-        shuffle: bool,
-        exact: bool = False,
-        train: bool = False,
-        fresh: bool = False,
+        self, data: TensorImages | None, shuffle: bool, exact: bool = False, train: bool = False
     ) -> Batches:
         if data is None:
             raise RuntimeError("setup() must run before the dataloaders are requested")
@@ -200,8 +143,8 @@ class ImageDataModule(L.LightningDataModule):
         # Images become floats where the model runs: here, a chunk at a time, when the data is
         # there already; otherwise (data on the host, model on a GPU) each batch after its copy,
         # which then moves 4x fewer bytes.
-        transform = to_float if self._on_model_device(device) else None
-        if fresh:  # data.binarize=dynamic: new binary pixels each time, drawn where the data is
+        transform = to_float if self.on_model_device(device) else None
+        if train and self.binarize == "dynamic":  # new binary pixels each time, where the data is
             transform = DynamicBinarization(self.seed, sampler.epoch, then=transform)
         if train and self.augment:  # on whole chunks, where the data is
             transform = Augment(self.augment, self.seed, sampler.epoch, then=transform)
@@ -213,12 +156,7 @@ class ImageDataModule(L.LightningDataModule):
         # Lightning can switch a plain DataLoader to sequential order, not this one: we do it.
         # Lightning's connectors set this Trainer attribute without declaring it
         overfitting = self.trainer is not None and self.trainer.overfit_batches > 0  # type: ignore[attr-defined]
-        return self._loader(
-            self.train_set,
-            shuffle=not overfitting,
-            train=True,
-            fresh=self.binarize == "dynamic",
-        )
+        return self._loader(self.train_set, shuffle=not overfitting, train=True)
 
     def val_dataloader(self) -> Batches:
         # Equal shards under DDP: validation runs through the DDP wrapper, whose collectives
@@ -229,26 +167,3 @@ class ImageDataModule(L.LightningDataModule):
         # Every test image exactly once, however many ranks: the metrics are sums and counts
         # reduced over ranks, so unequal shards still give the mean over the whole test set.
         return self._loader(self.test_set, shuffle=False, exact=True)
-
-    def transfer_batch_to_device(
-        self, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, dataloader_idx: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, labels) to `device`, asynchronously to a GPU, as Lightning's default does,
-        but without searching the batch for things to move (docs/benchmarks.md). A bare tensor
-        is the model's example input (Lightning's model summary sends it through here)."""
-        non_blocking = device.type == "cuda"
-        if isinstance(batch, torch.Tensor):
-            return batch.to(device, non_blocking=non_blocking)
-        images, labels = batch
-        return (
-            images.to(device, non_blocking=non_blocking),
-            labels.to(device, non_blocking=non_blocking),
-        )
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, torch.Tensor):  # the model's example input
-            return batch
-        images, labels = batch
-        if images.dtype == torch.uint8:  # copied to the model's device as bytes
-            images = to_float(images)
-        return images, labels
