@@ -123,19 +123,23 @@ def test_every_layer_has_its_analytic_kl_and_the_warm_up_weighs_their_sum():
     assert torch.allclose(terms["loss"], terms["recon"] + terms["kl"])  # w = 1 in evaluation
 
 
-def test_with_no_upper_layer_it_is_the_vae():
-    """One stochastic layer: q(z1|x) is the bottom-up estimate and p(z1) = N(0, I), so the loss
-    is the VAE's (analytic KL) for the same draw."""
+@pytest.mark.parametrize("likelihood", ["bernoulli", "logistic"])
+def test_with_no_upper_layer_it_is_the_vae(likelihood):
+    """One stochastic layer: q(z1|x) is the bottom-up estimate and p(z1) = N(0, I), so every term
+    is the VAE's (analytic KL; bits per dimension with the discretized logistic) for the same
+    draw."""
     torch.manual_seed(0)
-    model = LadderVAE(SHAPE, latent_dim=3, upper_latent_dims=[], upper_hidden_dims=[], net=MLP8)
+    one_layer = {"latent_dim": 3, "upper_latent_dims": [], "upper_hidden_dims": []}
+    model = LadderVAE(SHAPE, net=MLP8, likelihood=likelihood, **one_layer)
     x = binary_images(4)
     torch.manual_seed(1)
     terms = model.loss_terms(x, x)
     torch.manual_seed(1)
     vae_terms = VAE.loss_terms(model, x, x)
-    assert set(terms) == {"loss", "recon", "kl", "kl_1"}
-    for name in ("loss", "recon", "kl"):
-        assert torch.allclose(terms[name], vae_terms[name], atol=1e-5), name
+    assert set(terms) == {"kl_1", *vae_terms}
+    assert ("bpd" in terms) == (likelihood == "logistic")
+    for name, value in vae_terms.items():
+        assert torch.allclose(terms[name], value, atol=1e-5), name
 
 
 def test_an_unsure_bottom_up_estimate_leaves_the_prior_and_log_w_is_16_log_2():

@@ -37,7 +37,8 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from aelab.errors import ConfigError
-from aelab.models.vae import DISCRETE, VAE, bits_per_dim, draw_normal, gaussian_log_density
+from aelab.models.likelihoods import DISCRETE, bits_per_dim
+from aelab.models.vae import VAE, draw_normal, gaussian_log_density
 from aelab.nets.layers import activation
 
 
