@@ -1,6 +1,8 @@
 """Synthetic IDX datasets in torchvision's layout, so that no test needs the network or real data."""
 
 import gzip
+import itertools
+import os
 import socket
 import struct
 import sys
@@ -179,25 +181,37 @@ def assert_one_line(stderr: str, *fragments: str) -> str:
 
 
 CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens here: a download fails at once
+# `free_port`'s slices: 2,000 ports per xdist worker from 20000, below Linux's ephemeral range
+# (32768-60999; /proc/sys/net/ipv4/ip_local_port_range) for up to 4 workers (pyproject.toml)
+PORTS_FROM, PORTS_PER_WORKER = 20000, 2000
+_ports = itertools.count()
 
 
 def run_python(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path = REPO):
     """Run `python ARGS` from the repository root (or `cwd`), as a user would, offline: any
     download goes through a proxy on a closed port and fails at once."""
-    import os
     import subprocess
 
-    proxies = {
-        name: CLOSED_PORT for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
-    }
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**(env or os.environ), **proxies},
+        env=offline_env(env),
         timeout=timeout,
     )
+
+
+def offline_env(env: dict | None = None) -> dict:
+    """`env` (default: this process's) for a child process: any download goes through a proxy on
+    a closed port and fails at once, and a DDP run it starts meets on a port of this worker's
+    own (`free_port`), so that distributed tests can run on several xdist workers at once."""
+    proxies = {
+        name: CLOSED_PORT for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+    }
+    base = dict(env or os.environ)
+    base.setdefault("MASTER_PORT", str(free_port()))
+    return base | proxies
 
 
 def start_train(*args: str, env: dict | None = None):
@@ -208,20 +222,16 @@ def start_train(*args: str, env: dict | None = None):
 def start_python(*args: str, env: dict | None = None):
     """`python ARGS` started in a session of its own (the test may kill it whole), offline
     as `run_python`; its output goes to a file the test may read."""
-    import os
     import subprocess
     import tempfile
 
-    proxies = {
-        name: CLOSED_PORT for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
-    }
     output = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process's test)
     process = subprocess.Popen(
         [sys.executable, *args],
         cwd=REPO,
         stdout=output,
         stderr=subprocess.STDOUT,
-        env={**(env or os.environ), **proxies},
+        env=offline_env(env),
         start_new_session=True,
     )
     process.output = output  # read with output_of(process)
@@ -313,10 +323,21 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on, for a server a test starts."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on, for a server or a DDP master a test
+    starts. Not one the kernel hands out (port 0 draws from its ephemeral range, where another
+    test's connection or gloo pair may take it before the server binds it): the next port of
+    this xdist worker's own slice below that range, so two workers never hand out the same."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    start = PORTS_FROM + worker * PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = start + next(_ports) % PORTS_PER_WORKER
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {start}-{start + PORTS_PER_WORKER - 1}")
 
 
 def read_events(folder: Path):
@@ -326,3 +347,10 @@ def read_events(folder: Path):
     events = EventAccumulator(str(folder), size_guidance={"images": 0})
     events.Reload()
     return events
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The slow tests first: the xdist workers then share out the long runs while the many short
+    tests are left to fill the gaps, rather than one worker finishing a long run alone at the
+    end. Stable: every worker collects the same order, as xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

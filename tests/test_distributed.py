@@ -12,18 +12,21 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import MLP32, REPO, free_port, mnist_source, run_train, small_run_overrides
+from conftest import (
+    MLP32,
+    REPO,
+    free_port,
+    mnist_source,
+    offline_env,
+    run_train,
+    small_run_overrides,
+)
 
 from aelab.callbacks import DivergenceGuard
 from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
 from aelab.errors import TrainingDiverged
 from aelab.models import VAE
-
-# Process groups on 127.0.0.1, one test at a time (one xdist worker): two at once raced for
-# ports (a free port handed out by one, taken by the other's gloo pair: "Connection closed by
-# peer" in CI)
-DISTRIBUTED = pytest.mark.xdist_group("distributed")
 
 
 def _write_shard(rank: int, world: int, folder) -> None:
@@ -37,7 +40,6 @@ def _write_shard(rank: int, world: int, folder) -> None:
     dist.destroy_process_group()
 
 
-@DISTRIBUTED
 def test_ranks_draw_disjoint_shards_under_torch_distributed(tmp_path):
     torch.multiprocessing.spawn(_write_shard, args=(2, tmp_path), nprocs=2)
     for epoch in (0, 1):
@@ -50,7 +52,6 @@ def test_ranks_draw_disjoint_shards_under_torch_distributed(tmp_path):
 
 
 @pytest.mark.slow
-@DISTRIBUTED
 def test_ddp_cpu_trains_two_processes_into_one_run_folder(data_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = run_train(
@@ -138,7 +139,6 @@ def _ddp_rank(rank: int, port: int, data_dir, folder) -> None:
 
 
 @pytest.mark.slow
-@DISTRIBUTED
 def test_ddp_reduces_training_metrics_and_stops_every_rank_on_divergence(data_dir, tmp_path):
     port = free_port()
     torch.multiprocessing.spawn(_ddp_rank, args=(port, data_dir, tmp_path), nprocs=2)
@@ -172,7 +172,12 @@ def _torchrun(*args: str, log_dir, data_dir, extra=(), timeout=600):
         *extra,
     ]
     return subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=offline_env(),
     )
 
 
@@ -189,9 +194,12 @@ def _one_run_folder(log_dir):
 
 
 @pytest.mark.slow
-@DISTRIBUTED
 def test_torchrun_two_processes_train_into_one_run_folder(data_dir, tmp_path):
-    process = _torchrun("--nproc-per-node", "2", log_dir=tmp_path / "logs", data_dir=data_dir)
+    process = _torchrun(
+        *("--nproc-per-node", "2", "--master-port", str(free_port())),
+        log_dir=tmp_path / "logs",
+        data_dir=data_dir,
+    )
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output[-3000:]
     assert "process 1 of 2" in output and "process 2 of 2" in output
@@ -199,7 +207,6 @@ def test_torchrun_two_processes_train_into_one_run_folder(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-@DISTRIBUTED
 def test_two_torchrun_nodes_train_into_one_run_folder(data_dir, tmp_path):
     port = free_port()
     nodes = [
@@ -219,7 +226,6 @@ def test_two_torchrun_nodes_train_into_one_run_folder(data_dir, tmp_path):
     _one_run_folder(tmp_path / "logs")
 
 
-@DISTRIBUTED
 def test_torchrun_processes_take_rank_zeros_run_stamp(monkeypatch):
     """Processes that compose their config in different seconds still name one folder."""
     from aelab import config
@@ -259,7 +265,6 @@ def test_only_local_rank_zero_fetches_the_data(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@DISTRIBUTED
 def test_three_ranks_test_every_image_exactly_once(data_dir, tmp_path):
     """The same weights tested by 1 and by 3 processes give the same test/loss: 128 test images
     do not split evenly in 3, and none may be left out or counted twice."""

@@ -3,13 +3,12 @@ and the JSON it writes (rc, seconds and figures per step)."""
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLOSED_PORT, VAL_SIZE, write_dataset
+from conftest import VAL_SIZE, offline_env, write_dataset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 TRAINING = ["fp32", "bf16", "on_device_true", "on_device_false", "compile"]
@@ -18,10 +17,7 @@ STEPS = [*TRAINING, "eval", "ddp", "benchmark"]
 
 def gpu_check(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """`bash scripts/gpu_check.sh ARGS` with this interpreter, any download failing at once."""
-    proxies = {
-        name: CLOSED_PORT for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
-    }
-    env = {**os.environ, **proxies, "PYTHON": sys.executable}
+    env = offline_env() | {"PYTHON": sys.executable}
     return subprocess.run(
         ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -34,7 +30,6 @@ def mnist(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("distributed")  # its ddp step, as test_distributed.py's tests
 def test_every_step_passes_on_the_cpu(mnist: Path, tmp_path: Path):
     out = tmp_path / "out"
     overrides = [f"data.val_size={VAL_SIZE}", "data.batch_size=32"]
