@@ -11,7 +11,7 @@ from torchvision.utils import make_grid, save_image
 
 from aelab.data import to_float
 from aelab.loggers.media import log_image, takes_images
-from aelab.models.base import Generative
+from aelab.models.generative import Generative
 
 if TYPE_CHECKING:
     from aelab.models import AutoencoderModule

@@ -7,7 +7,7 @@ import time
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
-from aelab.models.base import TRAIN, VAL
+from aelab.models.stages import TRAIN, VAL
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from aelab.evaluation.probes import latent_codes
 from aelab.evaluation.progress import Advance, no_progress, phase
 from aelab.models import Autoencoder, AutoencoderModule
-from aelab.models.base import Generative
+from aelab.models.generative import Generative
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from torch.utils.tensorboard.summary import custom_scalars
 
 from aelab.loggers.hparams import SINGLE_RUN, run_name
 from aelab.loggers.runs import FINAL
-from aelab.models.base import TRAIN, VAL
+from aelab.models.stages import TRAIN, VAL
 
 # a run folder's name: `<stamp>_<overrides>`
 STAMP = re.compile(r"(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)_?(.*)")

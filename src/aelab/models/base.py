@@ -1,37 +1,26 @@
 """What every autoencoder shares: network, train/val/test steps, metrics, optimizer, scheduler."""
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 
 from aelab.errors import ConfigError
 from aelab.models.arguments import build, built, not_saved
-from aelab.models.checkpoint_state import restore_rng_states, save_state
-from aelab.models.means import EpochMeans
+from aelab.models.checkpoint_state import CheckpointState
+from aelab.models.means import EvaluationMeans
 from aelab.models.noise import check_noise, corrupted
+from aelab.models.stages import TRAIN
 from aelab.validation import building
 
-TRAIN = "train"  # the stage whose metrics are `train/...`
-VAL = "val"  # and `val/...`
-TEST = "test"
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 DEFAULT_NET = {"_target_": "aelab.nets.MLP"}
 
 
-@runtime_checkable
-class Generative(Protocol):
-    """A model with a prior: `sample(n)` decodes n draws from it (`generator` seeds them)."""
-
-    def sample(
-        self, z: torch.Tensor | int, generator: torch.Generator | None = None
-    ) -> torch.Tensor: ...
-
-
-class AutoencoderModule(L.LightningModule):
-    """Subclasses define `encode`, `decode` and `loss_terms`; this class trains and logs them.
+class AutoencoderModule(CheckpointState, EvaluationMeans):
+    """Subclasses define `encode`, `decode` and `loss_terms`; this class trains and logs them
+    (its two bases keep the random state in checkpoints and log the evaluation means).
 
     `net` is the config of an encoder/decoder network (`aelab.nets`), built here for the image
     shape and code size; its config, like every other argument, is plain data, so a checkpoint
@@ -68,8 +57,6 @@ class AutoencoderModule(L.LightningModule):
         self.noise = noise
         self.noise_level = noise_level
         self.epoch_progress = 0.0  # epochs of training done, fractional: warm-ups read it
-        self._means = EpochMeans()  # of this evaluation's terms
-        self._rng_states_to_restore: dict | None = None
         self.save_hyperparameters(
             logger=False, ignore=not_saved(type(self), AutoencoderModule, optimizer, scheduler)
         )
@@ -80,13 +67,6 @@ class AutoencoderModule(L.LightningModule):
         if self.compile_modules:
             for module in self.children():
                 module.compile()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The random state and the validation metrics (aelab.models.checkpoint_state)."""
-        save_state(checkpoint, self.trainer.callback_metrics, f"{VAL}/")
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_states_to_restore = checkpoint.get("rng_states")  # at the first step
 
     def on_train_epoch_start(self) -> None:
         if self.scheduler_factory is not None:
@@ -115,9 +95,6 @@ class AutoencoderModule(L.LightningModule):
         return self.reconstruct(x)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self._rng_states_to_restore:
-            restore_rng_states(self._rng_states_to_restore)
-            self._rng_states_to_restore = None
         x, _ = batch
         self.epoch_progress = self.current_epoch + batch_idx / max(
             1, self.trainer.num_training_batches
@@ -133,12 +110,12 @@ class AutoencoderModule(L.LightningModule):
         return terms["loss"]
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._evaluation_step(batch, VAL, batch_idx)
+        return self._evaluation_step(batch, batch_idx)
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._evaluation_step(batch, TEST, batch_idx)
+        return self._evaluation_step(batch, batch_idx)
 
-    def _evaluation_step(self, batch, stage: str, batch_idx: int) -> torch.Tensor:
+    def _evaluation_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, _ = batch
         # Evaluation noise (the VAE's z draws) is seeded by the batch index in a forked RNG:
         # val/test losses are the same in every run and from every checkpoint, and the
@@ -147,25 +124,8 @@ class AutoencoderModule(L.LightningModule):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(batch_idx)
             terms = self.loss_terms(x, x)
-        self._means.add(terms, x.shape[0])
+        self.add_to_means(terms, x.shape[0])  # `val/...`, `test/...` at the epoch's end
         return terms["loss"]
-
-    def on_validation_epoch_start(self) -> None:
-        self._means = EpochMeans()
-
-    def on_test_epoch_start(self) -> None:
-        self._means = EpochMeans()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_means(VAL)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_means(TEST)
-
-    def _log_means(self, stage: str) -> None:
-        """Each term's mean over every image of the epoch, on all ranks together."""
-        for name, mean in self._means.reduced(self.trainer.strategy).items():
-            self.log(f"{stage}/{name}", mean, prog_bar=True)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
