@@ -14,12 +14,24 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
+from aelab.errors import ConfigError
+
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
 DISCRETE = ("logistic",)  # likelihoods of 8-bit images: bits per dimension mean something
 BINS = 255  # 8-bit pixels: x in {0, 1/255, ..., 1}
 
 
 T = TypeVar("T", torch.Tensor, float)
+
+
+def check_likelihood(likelihood: str, gaussian_std: float | None) -> None:
+    """One line naming the key when the likelihood is unknown or its fixed std not positive."""
+    if likelihood not in LIKELIHOODS:
+        raise ConfigError(
+            f"model.likelihood={likelihood!r} is unknown; allowed: {list(LIKELIHOODS)}"
+        )
+    if gaussian_std is not None and gaussian_std <= 0:
+        raise ConfigError(f"model.gaussian_std={gaussian_std} must be > 0, or null to learn it")
 
 
 def bits_per_dim(nats: T, dims: int) -> T:

@@ -24,7 +24,7 @@ from torch import nn
 
 from aelab.errors import ConfigError
 from aelab.models.base import AutoencoderModule
-from aelab.models.likelihoods import DISCRETE, LIKELIHOODS, bits_per_dim, log_likelihood
+from aelab.models.likelihoods import DISCRETE, bits_per_dim, check_likelihood, log_likelihood
 
 
 class VAE(AutoencoderModule):
@@ -41,16 +41,11 @@ class VAE(AutoencoderModule):
         **shared: Any,
     ) -> None:
         super().__init__(image_shape, latent_dim, **shared)
-        if likelihood not in LIKELIHOODS:
-            raise ConfigError(
-                f"model.likelihood={likelihood!r} is unknown; allowed: {list(LIKELIHOODS)}"
-            )
+        check_likelihood(likelihood, gaussian_std)
         if beta < 0 or kl_warmup_epochs < 0:
             raise ConfigError(
                 f"model.beta={beta} and model.kl_warmup_epochs={kl_warmup_epochs} must be >= 0"
             )
-        if gaussian_std is not None and gaussian_std <= 0:
-            raise ConfigError(f"model.gaussian_std={gaussian_std} must be > 0, or null to learn it")
         self.likelihood = likelihood
         self.dims = math.prod(image_shape)
         self.beta = beta
