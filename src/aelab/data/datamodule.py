@@ -4,25 +4,19 @@ with a fixed train/val split, served in chunks of batches (aelab.data.batches)."
 import torch
 from torch.utils.data import DataLoader
 
+from aelab.data.arguments import check_arguments, val_count
 from aelab.data.augment import Augment, check_augment
 from aelab.data.batches import Batches, BatchIndices, TensorImages
-from aelab.data.binarize import (
-    BINARIZATIONS,
-    TEST_FILE,
-    TRAIN_FILE,
-    DynamicBinarization,
-    binarized_once,
-)
+from aelab.data.binarize import TEST_FILE, TRAIN_FILE, DynamicBinarization, binarized_once
 from aelab.data.placement import DataPlacement, rank_zero_seed, to_float
 from aelab.data.source import ImageSource
-from aelab.errors import ConfigError
 from aelab.speedups import trained_batches
 
 
 class ImageDataModule(DataPlacement):
     """The images of `source`: its training file split into train and val, its test set.
 
-    `prepare_data` only fetches (the source downloads or decodes into its cache); `setup` only
+    `prepare_data` (DataPlacement) only fetches: the source downloads or decodes; `setup` only
     reads and splits. The test set is never mixed into training or validation. `split_seed`
     chooses the validation images (the same in every run); `seed` (the run's top-level `seed`,
     set by training) the order of the training batches, epoch by epoch. `binarize` (`dynamic`,
@@ -45,15 +39,7 @@ class ImageDataModule(DataPlacement):
         augment: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if binarize not in BINARIZATIONS:
-            raise ConfigError(
-                f"data.binarize={binarize!r} is not allowed; it must be dynamic, static or null"
-            )
-        if not isinstance(source, ImageSource):
-            raise ConfigError(
-                f"data.source is a {type(source).__name__}, not a source of images (it needs "
-                "name, prepare, ready, image_shape and load: aelab.data.source.ImageSource)"
-            )
+        check_arguments(source, binarize)
         self.source = source
         self.name = source.name  # mnist, fashion, CIFAR10, folder, ...
         self.binarize = binarize
@@ -68,9 +54,6 @@ class ImageDataModule(DataPlacement):
         self.on_device = on_device
         self.classes: list[str] | None = None  # the labels' names, after setup (None: no labels)
         self.train_set = self.val_set = self.test_set = None  # type: ignore[assignment]
-
-    def prepare_data(self) -> None:
-        self.source.prepare(self.split_seed)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -89,7 +72,7 @@ class ImageDataModule(DataPlacement):
             test = binarized_once(test, TEST_FILE)
         # dynamic: the grey training images, binarized afresh in every batch
         train_file = train if self.binarize == "dynamic" else fixed
-        n_val = self._val_count(len(train))
+        n_val = val_count(self.val_size, len(train))
         order = images.order
         # views of the source's tensors when they come validation first, else gathered copies
         val_rows = slice(0, n_val) if order is None else order[:n_val]
@@ -100,18 +83,6 @@ class ImageDataModule(DataPlacement):
         self.test_set = TensorImages(test, images.test_labels, release)
         self.classes = images.classes
         self.move_to_data_device()
-
-    def _val_count(self, n_train: int) -> int:
-        """`val_size` as a number of images out of `n_train`."""
-        val_size = self.val_size
-        if isinstance(val_size, float) and 0 < val_size < 1:
-            val_size = max(1, round(val_size * n_train))
-        if not 0 < val_size < n_train or val_size != int(val_size):
-            raise ConfigError(
-                f"data.val_size={self.val_size} must be in [1, {n_train - 1}] "
-                f"(the training set holds {n_train} images), or a fraction in (0, 1)"
-            )
-        return int(val_size)
 
     def _loader(
         self, data: TensorImages | None, shuffle: bool, exact: bool = False, train: bool = False

@@ -40,6 +40,10 @@ class DataPlacement(L.LightningDataModule):
     val_set: TensorImages
     test_set: TensorImages
 
+    def prepare_data(self) -> None:
+        """On one process per node (local rank 0): the source downloads or decodes its files."""
+        self.source.prepare(self.split_seed)
+
     def wait_for_files(self, timeout: float = 3600, poll: float = 1.0) -> None:
         """Wait until another process of this node (local rank 0, in `prepare_data`) has put
         the complete files in place; never fetch or repair them here."""

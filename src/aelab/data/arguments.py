@@ -1,0 +1,33 @@
+"""The datamodule's arguments checked, each refusal one line naming its key."""
+
+from typing import Any
+
+from aelab.data.binarize import BINARIZATIONS
+from aelab.data.source import ImageSource
+from aelab.errors import ConfigError
+
+
+def check_arguments(source: Any, binarize: str | None) -> None:
+    """`data.source` is a source of images and `data.binarize` one of the binarizations."""
+    if binarize not in BINARIZATIONS:
+        raise ConfigError(
+            f"data.binarize={binarize!r} is not allowed; it must be dynamic, static or null"
+        )
+    if not isinstance(source, ImageSource):
+        raise ConfigError(
+            f"data.source is a {type(source).__name__}, not a source of images (it needs "
+            "name, prepare, ready, image_shape and load: aelab.data.source.ImageSource)"
+        )
+
+
+def val_count(val_size: float, n_train: int) -> int:
+    """`data.val_size` as a number of images out of `n_train` (a fraction of them in (0, 1))."""
+    count = val_size
+    if isinstance(count, float) and 0 < count < 1:
+        count = max(1, round(count * n_train))
+    if not 0 < count < n_train or count != int(count):
+        raise ConfigError(
+            f"data.val_size={val_size} must be in [1, {n_train - 1}] "
+            f"(the training set holds {n_train} images), or a fraction in (0, 1)"
+        )
+    return int(count)
