@@ -52,6 +52,9 @@ def test_every_model_and_data_compose_and_instantiate(compose_cfg, tmp_path, mod
     # hyperparameters are plain data (a checkpoint loads weights-only), no nn.Module in them
     assert all(isinstance(v, int | float | str | list | dict | None) for v in net.hparams.values())
     optimizer = net.configure_optimizers()
+    if isinstance(optimizer, list):  # FactorVAE: the VAE's optimizer, then its discriminator's
+        optimizer, discriminator = optimizer
+        assert discriminator.defaults["fused"] is True
     assert optimizer.defaults["lr"] == cfg.model.optimizer.lr
     assert optimizer.defaults["fused"] is True  # one operation per update, also on CPU
 
@@ -208,8 +211,8 @@ def test_help_lists_groups_and_options():
     result = run_train("--help")
     assert result.returncode == 0
     for line in [
-        "model: ae, beta_vae, conv_ae, conv_vae, deep_ae, iwae, ladder_vae, two_layer_vae, vae, vampprior,"
-        " vqvae, wae",
+        "model: ae, beta_tcvae, beta_vae, capacity_vae, conv_ae, conv_vae, deep_ae, factor_vae, iwae,"
+        " ladder_vae, two_layer_vae, vae, vampprior, vqvae, wae",
         "net: conv, mlp, resnet",
         "data: celeba, cifar10, fashion, folder, idx, mnist, svhn, torchvision",
         "logger: csv, many, mlflow, none, tensorboard, wandb",

@@ -2,6 +2,9 @@
 
 from aelab.models.autoencoder import Autoencoder
 from aelab.models.base import AutoencoderModule
+from aelab.models.beta_tcvae import BetaTCVAE
+from aelab.models.capacity_vae import CapacityVAE
+from aelab.models.factor_vae import FactorVAE
 from aelab.models.iwae import IWAE
 from aelab.models.ladder_vae import LadderVAE
 from aelab.models.two_layer_vae import TwoLayerVAE
@@ -17,6 +20,9 @@ __all__ = [
     "WAE",
     "Autoencoder",
     "AutoencoderModule",
+    "BetaTCVAE",
+    "CapacityVAE",
+    "FactorVAE",
     "LadderVAE",
     "TwoLayerVAE",
     "VampPriorVAE",
