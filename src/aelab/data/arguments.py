@@ -1,5 +1,6 @@
-"""The datamodule's arguments checked, each refusal one line naming its key."""
+"""The data config's arguments checked, each refusal one line naming its key."""
 
+from pathlib import Path
 from typing import Any
 
 from aelab.data.binarize import BINARIZATIONS
@@ -31,3 +32,20 @@ def val_count(val_size: float, n_train: int) -> int:
             f"(the training set holds {n_train} images), or a fraction in (0, 1)"
         )
     return int(count)
+
+
+def checked_idx_path(path: str, name: str, download: str | None) -> Path:
+    """`data.source.path` of IDX files: set, and where torchvision puts its files when
+    `download` names the dataset that fetches them."""
+    if not path:
+        raise ConfigError(
+            f"data.source.path is not set: data={name} needs data.source.path=DIR, a folder "
+            "holding the four IDX files"
+        )
+    folder = Path(path).expanduser()
+    if download is not None and folder.parts[-2:] != (download, "raw"):
+        raise ConfigError(
+            f"data.source.path={path!r} must end in {download}/raw, where torchvision's "
+            f"{download} puts its files (data.source.download={download})"
+        )
+    return folder

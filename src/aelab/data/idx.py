@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from aelab.data.arguments import checked_idx_path
 from aelab.data.download import download_idx
 from aelab.data.idx_reader import (
     SPLITS,
@@ -16,7 +17,7 @@ from aelab.data.idx_reader import (
     read_image_size,
 )
 from aelab.data.source import SourceImages
-from aelab.errors import ConfigError, DataError
+from aelab.errors import DataError
 
 
 class IdxSource:
@@ -36,17 +37,7 @@ class IdxSource:
         system_dirs: Sequence[str] = (),
         classes: Sequence[str] | None = None,
     ) -> None:
-        if not path:
-            raise ConfigError(
-                f"data.source.path is not set: data={name} needs data.source.path=DIR, a folder "
-                "holding the four IDX files"
-            )
-        self.path = Path(path).expanduser()
-        if download is not None and self.path.parts[-2:] != (download, "raw"):
-            raise ConfigError(
-                f"data.source.path={path!r} must end in {download}/raw, where torchvision's "
-                f"{download} puts its files (data.source.download={download})"
-            )
+        self.path = checked_idx_path(path, name, download)
         self.name = name
         self.download = download
         self.system_dirs = [Path(d) for d in system_dirs]
