@@ -7,7 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import N_TRAIN, VAL_SIZE, read_events, small_run_overrides
+from conftest import N_TRAIN, VAL_SIZE, read_events, run_train, small_run_overrides
 from lightning.pytorch.loggers import CSVLogger
 from torch.distributions import Normal
 from torch.utils.data import DataLoader, TensorDataset
@@ -250,6 +250,25 @@ def test_what_manual_optimization_cannot_do_is_one_line_naming_the_trainer_key(t
         fit(tiny_factor_vae(), **trainer_args)
     message = str(refusal.value)
     assert message.startswith(line) and "model=factor_vae" in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_factor_vae_trains_under_ddp(data_dir, tmp_path):
+    """DDP allows one backward pass per training step: the VAE's and D's losses share one."""
+    result = run_train(
+        "trainer=ddp_cpu",
+        "model=factor_vae",
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=3",
+        "++trainer.limit_val_batches=1",
+        "++trainer.limit_test_batches=1",
+        *small_run_overrides(data_dir),
+        f"hydra.run.dir={tmp_path}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 6 and len(checkpoint["optimizer_states"]) == 2
 
 
 # --- annealed capacity ---------------------------------------------------------------------------

@@ -13,10 +13,12 @@ every dimension is permuted across the batch independently: draws from prod_j q(
 analytic (the VAE's); `tc` and `discriminator_loss` are logged beside `recon`, `kl` and `loss`.
 
 Each training batch is split in half (the paper draws two minibatches per step): the first
-half trains the VAE, with TC from D at its codes; D then learns from those codes against the
-permuted codes of the second half. `data.batch_size=128` is the paper's two batches of 64; the
-VAE sees half of each batch. Validation and test score the whole batch, D's loss against the
-batch's own permuted codes.
+half trains the VAE, with TC from D at its codes; D learns from those codes against the
+permuted codes of the second half. Both gradients are taken at the same weights, in one
+backward pass (D's weights held out of TC's, the codes out of D's), then both optimizers step,
+as in disentanglement_lib; two backward passes a step would break DDP. `data.batch_size=128`
+is the paper's two batches of 64; the VAE sees half of each batch. Validation and test score
+the whole batch, D's loss against the batch's own permuted codes.
 
 Two optimizers, under Lightning's manual optimization: `model.optimizer` (the optimizer group)
 over every parameter but D's, and `model.discriminator_optimizer` over D's (the paper's Adam,
@@ -166,7 +168,8 @@ class FactorVAE(VAE):
         return terms
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """One update of the VAE on the first half of the batch, then one of D."""
+        """One update of the VAE (on the first half of the batch) and one of D, both from the
+        gradients at the same weights, of one backward pass: DDP allows one per step."""
         x, _ = batch
         self.epoch_progress = self.current_epoch + batch_idx / max(
             1, self.trainer.num_training_batches
@@ -174,18 +177,16 @@ class FactorVAE(VAE):
         logged = (self.global_step // 2 + 1) % self.trainer.log_every_n_steps == 0  # type: ignore[attr-defined]
         vae_optimizer, discriminator_optimizer = cast(list, self.optimizers())
         first, second = halves(x)
-        with self.toggled_optimizer(vae_optimizer):  # D's weights fixed: only z carries TC's grad
+        with self.toggled_optimizer(vae_optimizer):  # D's weights fixed: TC's gradient goes to z
             terms, z = self.vae_terms(self.corrupt(first), first)
-            vae_optimizer.zero_grad()
-            self.manual_backward(terms["loss"])
-            vae_optimizer.step()
-        with self.toggled_optimizer(discriminator_optimizer):
-            with torch.no_grad():
-                other = self.codes(self.corrupt(second))[0]
-            terms["discriminator_loss"] = self.discriminator_terms(z, other)
-            discriminator_optimizer.zero_grad()
-            self.manual_backward(terms["discriminator_loss"])
-            discriminator_optimizer.step()
+        with torch.no_grad():
+            other = self.codes(self.corrupt(second))[0]
+        terms["discriminator_loss"] = self.discriminator_terms(z, other)  # no gradient to z
+        vae_optimizer.zero_grad()
+        discriminator_optimizer.zero_grad()
+        self.manual_backward(terms["loss"] + terms["discriminator_loss"])
+        vae_optimizer.step()
+        discriminator_optimizer.step()
         if logged:  # the batches Lightning's logger writes: batch counts, not optimizer steps
             values = {f"{TRAIN}/{name}": v.detach() for name, v in terms.items()}
             self.log_dict(values, sync_dist=True)
