@@ -17,11 +17,18 @@ code, rtqichen/beta-tcvae): for a batch of M images out of N,
     log q(z_i)   ~ logsumexp_k log q(z_i | x_k)  - log(N M)
     log q(z_ij)  ~ logsumexp_k log q(z_ij | x_k) - log(N M)         k = 1..M, i itself included
 
-so the estimate needs N, the size of the training split: `dataset_size`, or, when it is null,
-the length of the datamodule's `train_set`, read when Lightning sets the model up (fit, validate
-or test) and kept in the checkpoint (the `dataset_size` buffer), so that validation, test and a
-later `aelab.eval` use the same N. The three terms always sum to E[log q(z|x) - log p(z)] of the
-same draws (a sampled KL); `kl` is the analytic KL, logged for comparison with the VAE.
+Against the minibatch averages log (1/M) sum_k, each of these is lower by log N (the paper's
+importance weight 1/N of the batches that hold x_i), so with D = latent_dim the logged `mi` is
+higher by log N, `tc` by (D - 1) log N and `dwkl` lower by D log N (usually below 0 then):
+constants, which leave the gradients and the sum of the three as they are, and which hold the
+numbers of runs on datasets of different sizes apart. The three terms always sum to
+E[log q(z|x) - log p(z)] of the same draws (a sampled KL); `kl` is the analytic KL, logged for
+comparison with the VAE.
+
+N is the size of the training split: `dataset_size`, or, when it is null, the length of the
+datamodule's `train_set`, read when Lightning sets the model up (fit, validate or test) and kept
+in the checkpoint (the `dataset_size` buffer), so that validation, test and a later `aelab.eval`
+use the same N.
 
 Defaults are the authors' dSprites command (README: `--beta 6 --tcvae`): alpha = gamma = 1,
 beta = 6, a 10-d code; they train with batches of 2048, where MWS is less biased than at 128.
