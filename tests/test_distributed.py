@@ -259,7 +259,7 @@ def test_only_local_rank_zero_fetches_the_data(tmp_path, monkeypatch):
         waits.append(seconds)
         write_dataset(tmp_path / "MNIST" / "raw")
 
-    monkeypatch.setattr("aelab.data.datamodule.time.sleep", sleep)
+    monkeypatch.setattr("aelab.data.placement.time.sleep", sleep)
     fetch_data(dm)
     assert len(waits) == 1 and dm.image_shape == (1, 28, 28)
 
