@@ -17,6 +17,7 @@ def test_groups_have_the_documented_options():
     assert {"ae", "deep_ae", "vae", "conv_ae", "conv_vae", "beta_vae"} <= set(MODELS)
     assert {"mnist", "fashion", "idx", "folder", "torchvision", "cifar10", "svhn"} <= set(DATA)
     assert "celeba" in DATA
+    assert {"shapes", "dsprites", "factor_npz"} <= set(DATA)
     for group, options in {
         "net": {"mlp", "conv", "resnet"},
         "scheduler": {"cosine", "step", "iwae"},
@@ -36,12 +37,15 @@ PAIRS = [*itertools.product(MODELS, IDX_DATA), *(("vae", d) for d in DATA if d n
 @pytest.mark.parametrize(("model", "data"), PAIRS)
 def test_every_model_and_data_compose_and_instantiate(compose_cfg, tmp_path, model, data):
     where = "data.source.name=CIFAR10" if data == "torchvision" else f"data.source.path={tmp_path}"
-    if data in ("cifar10", "svhn", "celeba", "mnist", "fashion"):
+    if data in ("cifar10", "svhn", "celeba", "mnist", "fashion", "shapes", "dsprites"):
         where = f"paths.data_dir={tmp_path}"
     cfg = compose_cfg(f"model={model}", f"data={data}", where, output_dir=tmp_path)
-    source = {"folder": "FolderSource"}.get(
-        data, "IdxSource" if data in IDX_DATA else "Torchvision"
-    )
+    source = {
+        "folder": "FolderSource",
+        "shapes": "ShapesSource",
+        "dsprites": "DspritesSource",
+        "factor_npz": "FactorNpzSource",
+    }.get(data, "IdxSource" if data in IDX_DATA else "Torchvision")
     assert cfg.data.source._target_.startswith(f"aelab.data.{source}")
     assert cfg.model.optimizer._partial_ is True
     datamodule = instantiate(cfg.data, seed=0)
@@ -214,7 +218,8 @@ def test_help_lists_groups_and_options():
         "model: ae, beta_tcvae, beta_vae, capacity_vae, conv_ae, conv_vae, deep_ae, factor_vae, iwae,"
         " ladder_vae, two_layer_vae, vae, vampprior, vqvae, wae",
         "net: conv, mlp, resnet",
-        "data: celeba, cifar10, fashion, folder, idx, mnist, svhn, torchvision",
+        "data: celeba, cifar10, dsprites, factor_npz, fashion, folder, idx, mnist, shapes, svhn,"
+        " torchvision",
         "logger: csv, many, mlflow, none, tensorboard, wandb",
         "scheduler: cosine, iwae, step",
         "trainer: cpu, ddp, ddp_cpu, default, gpu",

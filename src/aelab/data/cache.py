@@ -2,7 +2,8 @@
 
 A source that has to decode images (a folder of PNGs, CelebA's JPEGs) does so once, into
 `<name>.u8` (the (N, C, H, W) bytes, nothing else) beside `<name>.json` (the shape, labels, class
-names, the split sizes and the fingerprint of what it was made from). Both are written under
+names, the split sizes, the fingerprint of what it was made from and what else the source keeps
+there: a ground-truth set's factor names, aelab.data.factor_sources). Both are written under
 temporary names and renamed, the JSON last, so a cache that a killed run left half-written is
 never used. Raw bytes rather than `.npy`: a file that skips undecodable images is cut short by
 truncation, with no header to rewrite.
@@ -39,6 +40,7 @@ class CachedArrays:
     n_train: int
     classes: list[str] | None
     mapping: "MappedImages"
+    meta: dict  # the whole JSON, with what the source added (`Writer.finish`'s `extra`)
 
     def source_images(self) -> SourceImages:
         """The training and test sets as views of the mapped file, the training images already
@@ -84,42 +86,76 @@ def load(stem: Path, fingerprint: str) -> CachedArrays | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     labels = torch.tensor(meta["labels"], dtype=torch.long)
-    return CachedArrays(mapping.tensor, labels, meta["n_train"], meta["classes"], mapping)
+    return CachedArrays(mapping.tensor, labels, meta["n_train"], meta["classes"], mapping, meta)
 
 
 class Writer:
-    """Appends uint8 images (n, C, H, W) to a new cache at `stem`; `finish` makes it visible."""
+    """Appends uint8 images (n, C, H, W) to a new cache at `stem`; `finish` makes it visible.
 
-    def __init__(self, stem: Path, shape: tuple[int, int, int]) -> None:
+    Given `count`, the file is made that long at once and `put` writes images at any rows: a
+    source read as a stream (dSprites' 3 GB) goes straight to the order `split_seed` gives."""
+
+    def __init__(self, stem: Path, shape: tuple[int, int, int], count: int | None = None) -> None:
         self.stem = stem
         self.shape = tuple(shape)
         self.array_file, self.meta_file = paths(stem)
         stem.parent.mkdir(parents=True, exist_ok=True)
         self.partial = self.array_file.with_name(f"{self.array_file.name}.{os.getpid()}.partial")
-        self.file = open(self.partial, "wb")  # noqa: SIM115 (closed by finish or abort)
+        self.file = open(self.partial, "w+b")  # noqa: SIM115 (closed by finish or abort)
         self.count = 0
+        self.map: mmap.mmap | None = None
+        if count is not None:
+            self.file.truncate(count * math.prod(self.shape))
+            self.map = mmap.mmap(self.file.fileno(), 0)
 
-    def add(self, images: np.ndarray) -> None:
+    def _check(self, images: np.ndarray) -> None:
         if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.shape:
             raise ValueError(f"images {images.dtype} {images.shape}, expected uint8 {self.shape}")
+
+    def add(self, images: np.ndarray) -> None:
+        self._check(images)
         self.file.write(np.ascontiguousarray(images).data)
         self.count += len(images)
 
-    def finish(
-        self, fingerprint: str, labels: list[int], n_train: int, classes: list[str] | None
-    ) -> None:
+    def put(self, rows: np.ndarray, images: np.ndarray) -> None:
+        """`images` at `rows` of a cache whose `count` was given; the written pages are given
+        back to the kernel at once, so the process holds one chunk, not the file."""
+        self._check(images)
+        if self.map is None:
+            raise ValueError("put writes into a cache whose count was given to Writer")
+        array = np.frombuffer(self.map, dtype=np.uint8).reshape(-1, *self.shape)
+        array[rows] = images
+        del array  # the mapping can close only when no array looks into it
+        self.map.flush()
+        self.map.madvise(mmap.MADV_DONTNEED)
+        self.count += len(rows)
+
+    def _close(self) -> None:
+        if self.map is not None:
+            self.map.close()
         self.file.close()
+
+    def finish(
+        self,
+        fingerprint: str,
+        labels: list[int],
+        n_train: int,
+        classes: list[str] | None,
+        extra: dict | None = None,
+    ) -> None:
+        """Make the cache visible; `extra`: what else the source keeps in its JSON."""
+        self._close()
         if self.count != len(labels):
             raise ValueError(f"{self.count} images written for {len(labels)} labels")
         os.replace(self.partial, self.array_file)
         meta = {"version": VERSION, "fingerprint": fingerprint, "shape": list(self.shape)}
-        meta |= {"n_train": n_train, "classes": classes, "labels": labels}
+        meta |= {"n_train": n_train, "classes": classes, "labels": labels} | (extra or {})
         partial = self.meta_file.with_name(f"{self.meta_file.name}.{os.getpid()}.partial")
         partial.write_text(json.dumps(meta))
         os.replace(partial, self.meta_file)
 
     def abort(self) -> None:
-        self.file.close()
+        self._close()
         self.partial.unlink(missing_ok=True)
 
 

@@ -8,8 +8,9 @@ from aelab.data.arguments import check_arguments, val_count
 from aelab.data.augment import Augment, check_augment
 from aelab.data.batches import Batches, BatchIndices, TensorImages
 from aelab.data.binarize import TEST_FILE, TRAIN_FILE, DynamicBinarization, binarized_once
+from aelab.data.factors import FactorImages
 from aelab.data.placement import DataPlacement, rank_zero_seed, to_float
-from aelab.data.source import ImageSource
+from aelab.data.source import ImageSource, ground_truth_of
 from aelab.speedups import trained_batches
 
 
@@ -21,7 +22,8 @@ class ImageDataModule(DataPlacement):
     chooses the validation images (the same in every run); `seed` (the run's top-level `seed`,
     set by training) the order of the training batches, epoch by epoch. `binarize` (`dynamic`,
     `static`, None: grey levels) makes the images binary, as the likelihood literature does
-    (`aelab.data.binarize`).
+    (`aelab.data.binarize`). `ground_truth`, after `setup`: the whole dataset with its factors
+    when the source has them, else None (aelab.data.source).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class ImageDataModule(DataPlacement):
         self.pin_memory = pin_memory
         self.on_device = on_device
         self.classes: list[str] | None = None  # the labels' names, after setup (None: no labels)
+        self.ground_truth: FactorImages | None = None  # after setup: every image, its factors
         self.train_set = self.val_set = self.test_set = None  # type: ignore[assignment]
 
     @property
@@ -82,6 +85,7 @@ class ImageDataModule(DataPlacement):
         self.val_set = TensorImages(fixed[val_rows], labels[val_rows], release)
         self.test_set = TensorImages(test, images.test_labels, release)
         self.classes = images.classes
+        self.ground_truth = ground_truth_of(self.source, self.split_seed)
         self.move_to_data_device()
 
     def _loader(

@@ -128,13 +128,7 @@ def generate_shapes(
     each shape's period of symmetry and `positions` x `positions` places one pixel apart: every
     combination once, rows in mixed-radix order of (shape, scale, orientation, x, y), y fastest.
     Drawn once per (shape, scale, orientation) and pasted at each position."""
-    for key, value, low in (("scales", scales, 2), ("orientations", orientations, 2)):
-        if value < low:
-            raise ConfigError(f"{key}={value}: needs at least {low} values")
-    if not 2 <= positions <= size - 4:
-        raise ConfigError(f"positions={positions}: must be 2 to size-4={size - 4} (size={size})")
-    if supersample < 1:
-        raise ConfigError(f"supersample={supersample}: must be at least 1 (1: binary pixels)")
+    check_shape_grid(size, scales, orientations, positions, supersample)
     side = size - positions + 1  # the template; its centre is one pixel's centre
     templates = _shape_templates(side, scales, orientations, supersample)
     grid = (len(SHAPES), scales, orientations, positions, positions)
@@ -146,6 +140,22 @@ def generate_shapes(
     return FactorImages(
         images.reshape(-1, 1, size, size), factors, SHAPE_FACTORS, grid, "generated shapes"
     )
+
+
+def check_shape_grid(
+    size: int, scales: int, orientations: int, positions: int, supersample: int, key: str = ""
+) -> None:
+    """generate_shapes' arguments, checked before anything is drawn: one ConfigError line naming
+    the argument (as `key` + its name: a config's `data.source.`)."""
+    for name, value in (("scales", scales), ("orientations", orientations)):
+        if value < 2:
+            raise ConfigError(f"{key}{name}={value}: needs at least 2 values")
+    if not 2 <= positions <= size - 4:
+        raise ConfigError(
+            f"{key}positions={positions}: must be 2 to size-4={size - 4} ({key}size={size})"
+        )
+    if supersample < 1:
+        raise ConfigError(f"{key}supersample={supersample}: must be at least 1 (1: binary pixels)")
 
 
 def _shape_templates(side: int, scales: int, orientations: int, supersample: int) -> np.ndarray:
