@@ -15,6 +15,7 @@ from torch import nn
 
 from aelab.models.base import AutoencoderModule
 from aelab.nets import activation
+from aelab.nets.init import inverse_activation
 
 
 class Autoencoder(AutoencoderModule):
@@ -36,6 +37,13 @@ class Autoencoder(AutoencoderModule):
             if output_activation is None
             else activation(output_activation, "model.output_activation")
         )
+        self.output_activation = output_activation
+        if self.output_bias == "data":
+            inverse_activation(output_activation)  # one without an inverse fails here
+
+    def output_inverse(self, means: torch.Tensor) -> torch.Tensor:
+        """The decoder's output whose `output_activation` is `means` (model.output_bias=data)."""
+        return inverse_activation(self.output_activation)(means)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_code(self.net.encoder(x))

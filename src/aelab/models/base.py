@@ -9,18 +9,21 @@ from torch import nn
 from aelab.errors import ConfigError
 from aelab.models.arguments import build, built, not_saved
 from aelab.models.checkpoint_state import CheckpointState
+from aelab.models.initialisation import Initialisation
 from aelab.models.means import EvaluationMeans
 from aelab.models.noise import check_noise, corrupted
 from aelab.models.stages import TRAIN
+from aelab.nets.init import check_choices, output_layer
 from aelab.validation import building
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 DEFAULT_NET = {"_target_": "aelab.nets.MLP"}
 
 
-class AutoencoderModule(CheckpointState, EvaluationMeans):
+class AutoencoderModule(CheckpointState, EvaluationMeans, Initialisation):
     """Subclasses define `encode`, `decode` and `loss_terms`; this class trains and logs them
-    (its two bases keep the random state in checkpoints and log the evaluation means).
+    (its three bases keep the random state in checkpoints, log the evaluation means and
+    initialise the weights when the first fit starts).
 
     `net` is the config of an encoder/decoder network (`aelab.nets`), built here for the image
     shape and code size; its config, like every other argument, is plain data, so a checkpoint
@@ -31,6 +34,11 @@ class AutoencoderModule(CheckpointState, EvaluationMeans):
     logged as `<stage>/<name>` (`train/loss`, `val/kl`, ...), per step in training and per epoch,
     averaged over images, in validation and test. With `noise` set, training inputs are
     corrupted copies and the clean images are the targets (a denoising autoencoder).
+
+    `init` (`default`: PyTorch's, or `glorot`) and `output_bias` (`default`, or `data`: the
+    decoder's output bias from the training images' pixel means) are applied when the first fit
+    of a model whose weights were not loaded starts (aelab.nets.init,
+    aelab.models.initialisation).
     """
 
     def __init__(
@@ -43,11 +51,18 @@ class AutoencoderModule(CheckpointState, EvaluationMeans):
         compile: bool = False,
         noise: str | None = None,
         noise_level: float = 0.0,
+        init: str = "default",
+        output_bias: str = "default",
     ) -> None:
         super().__init__()
         check_noise(noise, noise_level)
+        check_choices(init, output_bias)
         self.latent_dim = latent_dim
         self.net = build(net or DEFAULT_NET, image_shape=list(image_shape), latent_dim=latent_dim)
+        if output_bias == "data":
+            output_layer(self.net, image_shape)  # a network without one fails here, not at fit
+        self.init = init
+        self.output_bias = output_bias
         # one blank image: Lightning's model summary shows FLOPs and sizes per image with it
         # (not under compile: it would compile the network for a batch of one first)
         self.example_input_array = None if compile else torch.zeros(1, *image_shape)

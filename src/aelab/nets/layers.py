@@ -25,14 +25,20 @@ def activation(name: str, key: str = "model.net.activation") -> nn.Module:
 
 
 def mlp(
-    sizes: Sequence[int], hidden_activation: str, last_activation: bool = False
+    sizes: Sequence[int],
+    hidden_activation: str,
+    last_activation: bool = False,
+    batch_norm: bool = False,
 ) -> nn.Sequential:
     """Linear layers sizes[0] -> ... -> sizes[-1] with `hidden_activation` between them (and
-    after the last one too, with `last_activation`)."""
+    after the last one too, with `last_activation`); with `batch_norm`, a BatchNorm1d between
+    each such Linear and its activation (never after an output layer without one)."""
     activation(hidden_activation)  # rejects a bad name even where no hidden layer would use it
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         if last_activation or i < len(sizes) - 2:
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(n_out))
             layers.append(activation(hidden_activation))
     return nn.Sequential(*layers)
