@@ -3,12 +3,15 @@ on tiny images computed by hand, Glorot's bounds, and when the initialisation ha
 fit) and when not (resume, init_from, a second fit, validation)."""
 
 import math
+import os
+from datetime import timedelta
 from functools import partial
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from conftest import free_port
 from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -258,3 +261,40 @@ def test_batch_norm_sits_between_each_hidden_linear_and_its_activation_and_train
     model.eval()
     assert model.loss_terms(x, x)["loss"].item() < before
     assert model.reconstruct(x[:1]).shape == (1, 1, 4, 4)  # one image: running statistics
+
+
+def _ddp_rank(rank: int, port: int, folder) -> None:
+    """One of two CPU ranks (environment variables as torchrun sets them), each seeded
+    differently: its own PyTorch and Glorot draws before the fit starts."""
+    os.environ |= {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "NODE_RANK": "0",
+        "LOCAL_RANK": str(rank),
+        "RANK": str(rank),
+    }
+    torch.manual_seed(rank)
+    model = vae(init="glorot", output_bias="data")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=L.pytorch.strategies.DDPStrategy(timeout=timedelta(seconds=60)),
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=Images(images(51)))
+    torch.save(model.state_dict(), folder / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_under_ddp_every_rank_starts_from_rank_0_s_weights(tmp_path):
+    torch.multiprocessing.spawn(_ddp_rank, args=(free_port(), tmp_path), nprocs=2)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+    assert torch.allclose(first["net.decoder.0.2.bias"], torch.full((16,), math.log(0.25)))
