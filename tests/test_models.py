@@ -132,13 +132,16 @@ def test_a_model_hands_the_shared_arguments_on_and_all_are_saved():
         "compile": False,
         "noise": "masking",
         "noise_level": 0.5,
+        "init": "default",
+        "output_bias": "default",
     }
     # IWAE goes through the VAE, whose beta it does not take: not saved, so that
     # IWAE(**hparams) rebuilds it from a checkpoint
     iwae = IWAE((1, 4, 4), latent_dim=2, net=mlp(8))
     assert set(iwae.hparams) == {
-        *("image_shape", "latent_dim", "k", "likelihood", "gaussian_std"),
+        *("image_shape", "latent_dim", "k", "likelihood", "gaussian_std", "kl_warmup_epochs"),
         *("net", "optimizer", "scheduler", "compile", "noise", "noise_level"),
+        *("init", "output_bias"),
     }
     assert IWAE(**iwae.hparams).k == 5
 
@@ -151,7 +154,9 @@ def test_a_misspelt_or_mistyped_shared_key_is_refused_naming_it():
         return OmegaConf.create({"_target_": f"{__name__}.L1Autoencoder", "latent_dim": 2, **keys})
 
     check_arguments("model", node(noise="gaussian", noise_level=0.1, compile=False, net=mlp(4)))
-    takes = r"\(it takes latent_dim, net, scheduler, compile, noise, noise_level\)"
+    takes = (
+        r"\(it takes latent_dim, net, scheduler, compile, noise, noise_level, init, output_bias\)"
+    )
     with pytest.raises(ConfigError, match=rf"^model.noize is not an argument of \S+ {takes}"):
         check_arguments("model", node(noize="gaussian"))
     with pytest.raises(
