@@ -7,10 +7,14 @@ of every family that has one, the k-NN and linear-probe accuracies of the latent
 (`test/knn_acc`, `test/linear_acc`) beside the same two on raw pixels, `test/recon_mse` (the
 squared error per pixel of the reconstructions, the same measure for every family) and, for
 every model that generates, the sample metrics (`test/fd_classifier`, `test/precision`,
-`test/recall`, `test/fid`; aelab.evaluation.samples). Everything runs on the device the
-Trainer chose (`accelerator=...`). Printed as a table and logged (`logger=...`, TensorBoard by
-default) in the evaluation's own run folder, with the latent pictures (scatter, interpolation,
-traversal; TensorBoard's projector too).
+`test/recall`, `test/fid`; aelab.evaluation.samples), `test/neg_elbo` (the -ELBO, whatever the
+weights a model trained with) and, on data with ground-truth factors (`data=shapes`,
+`data=dsprites`), the disentanglement metrics `test/mig`, `test/dci_disentanglement`,
+`test/dci_completeness`, `test/dci_informativeness`, `test/sap` and `test/factor_vae_score`
+(aelab.evaluation.disentanglement; `disentanglement.budget` points). Everything runs on the
+device the Trainer chose (`accelerator=...`). Printed as a table and logged (`logger=...`,
+TensorBoard by default) in the evaluation's own run folder, with the latent pictures (scatter,
+interpolation, traversal; TensorBoard's projector too).
 
 Given a multirun's folder (`ckpt_path=logs/train/multiruns/<timestamp>`), it evaluates every
 job's tested (best) checkpoint and writes `eval_results.csv/md` (one row per job) and
@@ -42,12 +46,7 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """All test metrics of the checkpoint `cfg.ckpt_path`, printed and written to
     `metrics.json` and `metrics.csv` in this evaluation's folder."""
-    weights = cfg.sample_metrics.inception_weights
-    if cfg.sample_metrics.inception and weights is not None and not Path(weights).is_file():
-        raise ConfigError(
-            f"sample_metrics.inception_weights={weights!r} is not a file; give the path of "
-            "torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or null to download it"
-        )
+    check_inception_weights(cfg)
     check_run_or_checkpoint(cfg.ckpt_path)
     import lightning as L
     import torch
@@ -73,6 +72,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model.to(trainer.strategy.root_device)
     test = datamodule.test_set
     metrics = code_metrics(cfg, model, datamodule, datamodule.source.name)
+    settings: dict = {}
+    metrics |= factor_metrics(cfg, model, datamodule, settings)
     metrics["test/recon_mse"] = reconstruction_mse(model, test.images)
     if isinstance(model, ImportanceWeighted) and cfg.iw_samples > 0:
         with (
@@ -86,11 +87,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if getattr(model, "likelihood", None) in DISCRETE:  # bits/dim from the same estimate
             dims = math.prod(test.images.shape[1:])
             metrics["test/bpd_iw"] = bits_per_dim(metrics["test/nll_iw"], dims)
-    settings: dict = {}
     metrics |= sample_metrics(cfg, model, datamodule, datamodule.source.name, settings)
     log_latent_pictures(loggers, model, datamodule, step=0)
     trainer.test(model, datamodule=datamodule, verbose=False)  # in our table below, with the rest
     metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics |= negative_elbo(metrics)
 
     for lg in loggers:
         lg.log_metrics(metrics, step=0)
@@ -98,6 +99,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     name = run.config.model._target_.rsplit(".", 1)[-1]
     show_and_write(cfg, name, metrics, settings)
     return metrics
+
+
+def check_inception_weights(cfg: DictConfig) -> None:
+    """A given Inception weights file must exist: one line before anything is computed."""
+    weights = cfg.sample_metrics.inception_weights
+    if cfg.sample_metrics.inception and weights is not None and not Path(weights).is_file():
+        raise ConfigError(
+            f"sample_metrics.inception_weights={weights!r} is not a file; give the path of "
+            "torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or null to download it"
+        )
 
 
 def code_metrics(cfg: DictConfig, model, datamodule, dataset: str) -> dict[str, float]:
@@ -127,6 +138,35 @@ def code_metrics(cfg: DictConfig, model, datamodule, dataset: str) -> dict[str, 
             train_z, train_y, test_z, test_y, advance=advance
         )
     return metrics | pixel_baselines(train, test, cfg.knn_k, cfg.paths.cache_dir, dataset)
+
+
+def factor_metrics(cfg: DictConfig, model, datamodule, settings: dict) -> dict[str, float]:
+    """MIG, DCI, SAP and the FactorVAE score of the codes on the datamodule's ground-truth set
+    (none for data without factors), with `disentanglement.budget`'s points, which go into
+    `settings`."""
+    from dataclasses import asdict
+
+    from aelab.evaluation.ground_truth import ground_truth, metric_budget, model_disentanglement
+
+    data = ground_truth(datamodule)
+    if data is None:
+        return {}
+    opts = cfg.disentanglement
+    budget = metric_budget(opts.budget, opts.points, "disentanglement")
+    settings["disentanglement_points"] = asdict(budget)
+    report = model_disentanglement(model, data, budget, cfg.seed)
+    return {} if report is None else {f"test/{k}": v for k, v in report.scores.items()}
+
+
+def negative_elbo(metrics: dict[str, float]) -> dict[str, float]:
+    """`test/neg_elbo`, -ELBO in nats per image whatever the weights the model trained with
+    (beta-VAE's loss is recon + beta KL): test/recon + test/kl where the model logs both, else
+    -test/elbo (IWAE, the two-layer VAE); nothing for a model without an ELBO."""
+    if "test/recon" in metrics and "test/kl" in metrics:
+        return {"test/neg_elbo": metrics["test/recon"] + metrics["test/kl"]}
+    if "test/elbo" in metrics:
+        return {"test/neg_elbo": -metrics["test/elbo"]}
+    return {}
 
 
 METRICS_CSV = "metrics.csv"  # beside METRICS_FILE (metrics.json) in an evaluation's folder
@@ -293,7 +333,8 @@ def protocol_line(cfg: DictConfig) -> str:
     return (
         f"Evaluated with protocol={cfg.protocol.name}: test/nll_iw with K={cfg.iw_samples} "
         f"importance samples, sample metrics on {cfg.sample_metrics.count} generated and as "
-        f"many test images, a {cfg.sample_metrics.classifier_epochs}-epoch feature classifier."
+        f"many test images, a {cfg.sample_metrics.classifier_epochs}-epoch feature classifier, "
+        f"the {cfg.disentanglement.budget} budget of points for the disentanglement metrics."
     )
 
 
