@@ -276,7 +276,12 @@ def test_prior_samples_need_no_data(trained_run, tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     out = tmp_path / "out"
     nowhere = tmp_path / "no-data-here"
-    overrides = (f"data_dir={nowhere}", "num_reconstructions=0", "num_interpolations=0")
+    overrides = (
+        f"data_dir={nowhere}",
+        "num_reconstructions=0",
+        "num_interpolations=0",
+        "traversals.steps=0",
+    )
     assert [p.name for p in _generate_here(trained_run, out, *overrides)] == ["samples.png"]
     assert sorted(p.name for p in out.glob("*.png")) == ["samples.png"]
     assert not nowhere.exists()
