@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 COLUMNS = [
     ("test/loss", "test loss"),
     ("test/recon_mse", "recon MSE"),
+    ("test/neg_elbo", "-ELBO (nats)"),
     ("test/nll_iw", "nll_iw (nats)"),
     ("test/fd_classifier", "FD (classifier)"),
     ("test/precision", "precision"),
@@ -40,6 +41,13 @@ COLUMNS = [
     ("test/fid", "FID (Inception)"),
     ("test/knn_acc", "k-NN acc"),
     ("test/linear_acc", "linear acc"),
+    # on data with ground-truth factors (aelab.evaluation.disentanglement)
+    ("test/mig", "MIG"),
+    ("test/dci_disentanglement", "DCI disent."),
+    ("test/dci_completeness", "DCI compl."),
+    ("test/dci_informativeness", "DCI inform."),
+    ("test/sap", "SAP"),
+    ("test/factor_vae_score", "FactorVAE score"),
 ]
 HEADINGS = dict(COLUMNS)
 
@@ -203,7 +211,10 @@ def section(cfg: DictConfig, command: str, data: "dict[str, pd.DataFrame]") -> s
         f"{cfg.sample_count} generated and as many test images (VAEs from their prior, "
         "autoencoders from a 10-component Gaussian mixture of their training codes): Fréchet "
         "distance and precision/recall (k=3) in the features of a classifier trained once per "
-        "dataset. k-NN (k=10) and linear-probe accuracy of the latent codes.",
+        "dataset. k-NN (k=10) and linear-probe accuracy of the latent codes. -ELBO: recon + KL "
+        "whatever the weights a row trained with. On data with ground-truth factors: MIG, DCI "
+        "(gradient-boosted trees), SAP and the FactorVAE score after disentanglement_lib, with "
+        f"the {cfg.protocol.name} budget of points.",
         "",
         f"Rows (train.py overrides): {rows}" + (f"; every row: `{common}`." if common else "."),
         "",
