@@ -9,7 +9,17 @@ The VAE's networks, trained on the k-sample importance-weighted bound instead of
 
 L_1 is the ELBO estimated with one sample (the VAE, with its KL sampled rather than analytic),
 and L_k rises with k towards log p(x) (Theorem 1). Each step also logs `elbo`, the mean of the
-same k values log w_i: the ELBO estimated from the same draws, which lies below `iw_bound`.
+same k values log w_i: the ELBO estimated from the same draws, which lies below `iw_bound`, and
+its two parts, `recon` (the mean of -log p(x|z_i)) and `kl` (of log q(z_i|x) - log p(z_i): the
+sampled KL, near 0 when the code is unused).
+
+KL warm-up (`kl_warmup_epochs`): the bound has no KL term of its own, so the weight w(t) of the
+VAE's warm-up tempers the prior-to-posterior ratio inside each weight,
+
+    log w_i(t) = log p(x|z_i) + w(t) (log p(z_i) - log q(z_i|x)),   loss = -log (1/k) sum_i w_i(t)
+
+which at k = 1 is the VAE's warm-up with its KL sampled and at w = 1 is L_k; `iw_bound` and
+`elbo` are logged at w = 1, and validation and test use w = 1.
 """
 
 import math
@@ -38,15 +48,41 @@ class IWAE(VAE):
         k: int = 5,
         likelihood: str = "bernoulli",
         gaussian_std: float | None = None,
+        kl_warmup_epochs: int = 0,
         **shared: Any,
     ) -> None:
         if k < 1:
             raise ConfigError(f"model.k={k} must be an integer >= 1 (samples per image)")
-        # beta and kl_warmup_epochs, the VAE's, are no arguments here (nor hyperparameters)
-        super().__init__(image_shape, latent_dim, likelihood, gaussian_std, **shared)
+        # beta, the VAE's, is no argument here (nor a hyperparameter): a bound has no beta
+        super().__init__(
+            image_shape, latent_dim, likelihood, gaussian_std, 1.0, kl_warmup_epochs, **shared
+        )
         self.k = k
 
+    def weight_terms(
+        self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x|z_i) and log p(z_i) - log q(z_i|x) for z_i ~ q(z|x), i = 1..samples: the two
+        parts of log w_i, each of shape (samples, batch)."""
+        mu, logvar = self.posterior(x)
+        eps = torch.randn(samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps  # (samples, batch, D)
+        logits = self.net.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+        log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(-1)
+        log_px = self.log_likelihood(logits, x if target is None else target)
+        return log_px, self.log_prior(z) - log_q
+
+    def log_importance_weights(
+        self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), shape (samples, batch)."""
+        log_px, log_ratio = self.weight_terms(x, samples, target)
+        return log_px + log_ratio
+
     def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        log_w = self.log_importance_weights(x, self.k, target)  # (k, batch)
+        log_px, log_ratio = self.weight_terms(x, self.k, target)  # (k, batch) each
+        log_w = log_px + log_ratio
         bound = iw_bound(log_w).mean()
-        return {"loss": -bound, "iw_bound": bound, "elbo": log_w.mean()}
+        loss = -iw_bound(log_px + self.kl_weight() * log_ratio).mean()
+        recon, kl = -log_px.mean(), -log_ratio.mean()
+        return {"loss": loss, "iw_bound": bound, "elbo": log_w.mean(), "recon": recon, "kl": kl}
