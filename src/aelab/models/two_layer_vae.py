@@ -1,18 +1,26 @@
 """VAE with two stochastic layers, the architecture of Burda, Grosse & Salakhutdinov (2016,
 "Importance Weighted Autoencoders", ICLR, section 5 and appendix): z1 of 100 and z2 of 50
-dimensions, each pair of stochastic layers joined by two deterministic tanh layers.
+dimensions; the deterministic layers of their code (yburda/iwae, experiments.py, layers == 2):
+q hidden units [[200, 200], [100, 100]], p [[100, 100], [200, 200]], tanh throughout.
 
-    q(z1, z2 | x) = q(z1|x) q(z2|z1),   q(z1|x) = N(mu(x), diag sigma^2(x))  (x -> 100-100 -> z1)
-                                         q(z2|z1) = N(., .)                   (z1 -> 50-50 -> z2)
-    p(x, z1, z2)  = p(z2) p(z1|z2) p(x|z1),  p(z2) = N(0, I),  p(z1|z2) = N(., .)  (z2 -> 50-50)
-                                             p(x|z1) = Bernoulli(sigmoid(g(z1)))  (z1 -> 100-100)
-    log w_i = log p(x, z1_i, z2_i) - log q(z1_i, z2_i | x),   (z1_i, z2_i) ~ q
-    loss    = -(1/k) sum_i log w_i                (model.objective=elbo: the ELBO, k draws)
-            | -log (1/k) sum_i w_i                (model.objective=iw: the IWAE bound)
+    q(z1, z2 | x) = q(z1|x) q(z2|z1),   q(z1|x) = N(mu(x), diag sigma^2(x))  (x -> 200-200 -> z1)
+                                         q(z2|z1) = N(., .)                   (z1 -> 100-100 -> z2)
+    p(x, z1, z2)  = p(z2) p(z1|z2) p(x|z1),  p(z2) = N(0, I),  p(z1|z2) = N(., .)  (z2 -> 100-100)
+                                             p(x|z1) = Bernoulli(sigmoid(g(z1)))  (z1 -> 200-200)
+    log w_i = log p(x|z1_i) + r1_i + r2_i,   (z1_i, z2_i) ~ q
+      r1_i  = log p(z1_i|z2_i) - log q(z1_i|x),   r2_i = log p(z2_i) - log q(z2_i|z1_i)
+    loss    = -(1/k) sum_i log w_i(t)                (model.objective=elbo: the ELBO, k draws)
+            | -log (1/k) sum_i w_i(t)                (model.objective=iw: the IWAE bound)
+    log w_i(t) = log p(x|z1_i) + beta w(t) (r1_i + r2_i)
 
-in nats per image. `test/nll_iw` uses the same log w over both layers. The x <-> z1 networks are
-the injected `net` (its encoder features get the q(z1|x) heads, its decoder maps z1 to logits);
-the z1 <-> z2 networks are this model's own (`top_hidden_dims`, `top_activation`).
+in nats per image; w(t) is the VAE's linear KL warm-up (`kl_warmup_epochs`), beta its weight, and
+log w_i(1) = log w_i with beta = 1 (validation and test use w = 1). Each layer's KL is logged
+from the same draws, `kl_1` = -mean r1 and `kl_2` = -mean r2 (sampled, the Monte Carlo KL of z1
+against p(z1|z2) and of z2 against N(0, I)), beside `kl`, `recon` (-mean log p(x|z1)), `elbo`
+and `iw_bound`: a dead z2 shows as a `kl_2` near 0. `test/nll_iw` uses the same log w. The
+x <-> z1 networks are the injected `net` (its encoder features get the q(z1|x) heads, its
+decoder maps z1 to logits); the z1 <-> z2 networks are this model's own (`top_hidden_dims`,
+used up and, reversed, down; `top_activation`).
 """
 
 from collections.abc import Sequence
@@ -64,12 +72,14 @@ class TwoLayerVAE(VAE):
         image_shape: Sequence[int],
         latent_dim: int = 100,
         top_latent_dim: int = 50,
-        top_hidden_dims: Sequence[int] = (50, 50),
+        top_hidden_dims: Sequence[int] = (100, 100),
         top_activation: str = "tanh",
         objective: str = "elbo",
         k: int = 1,
         likelihood: str = "bernoulli",
         gaussian_std: float | None = None,
+        beta: float = 1.0,
+        kl_warmup_epochs: int = 0,
         **shared: Any,
     ) -> None:
         if objective not in OBJECTIVES:
@@ -81,7 +91,9 @@ class TwoLayerVAE(VAE):
         if not all(h > 0 for h in top_hidden_dims):
             raise ConfigError(f"model.top_hidden_dims={list(top_hidden_dims)}: sizes must be > 0")
         activation(top_activation, "model.top_activation")  # the error names this key
-        super().__init__(image_shape, latent_dim, likelihood, gaussian_std, **shared)
+        super().__init__(
+            image_shape, latent_dim, likelihood, gaussian_std, beta, kl_warmup_epochs, **shared
+        )
         self.objective = objective
         self.k = k
         self.top_latent_dim = top_latent_dim
@@ -90,24 +102,32 @@ class TwoLayerVAE(VAE):
             top_latent_dim, list(reversed(top_hidden_dims)), latent_dim, top_activation
         )
 
+    def weight_terms(
+        self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log p(x|z1), r1 = log p(z1|z2) - log q(z1|x) and r2 = log p(z2) - log q(z2|z1) for
+        `samples` draws (z1, z2) ~ q per image: the parts of log w, each (samples, batch)."""
+        mu1, logvar1 = self.posterior(x)
+        z1, log_q1 = reparameterize(mu1, logvar1, samples)
+        z2, log_q2 = reparameterize(*self.up(z1))
+        logits = self.net.decoder(z1.flatten(0, 1)).unflatten(0, z1.shape[:2])
+        log_px = self.log_likelihood(logits, x if target is None else target)
+        log_ratio_1 = gaussian_log_density(z1, *self.down(z2)) - log_q1
+        return log_px, log_ratio_1, self.log_prior(z2) - log_q2
+
     def log_importance_weights(
         self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
     ) -> torch.Tensor:
         """log w_i = log p(x|z1) + log p(z1|z2) + log p(z2) - log q(z1|x) - log q(z2|z1) for
         `samples` draws (z1, z2) ~ q per image: shape (samples, batch)."""
-        mu1, logvar1 = self.posterior(x)
-        z1, log_q1 = reparameterize(mu1, logvar1, samples)
-        z2, log_q2 = reparameterize(*self.up(z1))
-        prior_mu1, prior_logvar1 = self.down(z2)
-        log_p = (
-            self.log_prior(z2)
-            + gaussian_log_density(z1, prior_mu1, prior_logvar1)
-            + self.log_likelihood(
-                self.net.decoder(z1.flatten(0, 1)).unflatten(0, z1.shape[:2]),
-                x if target is None else target,
-            )
-        )
-        return log_p - log_q1 - log_q2
+        log_px, log_ratio_1, log_ratio_2 = self.weight_terms(x, samples, target)
+        return log_px + (log_ratio_1 + log_ratio_2)
+
+    def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The mean of q(z1|x) and the mean of q(z2|z1) at z1's mean (no draw), for counting
+        active units; Burda et al.'s code takes z2's at one draw of z1."""
+        mu1 = self.posterior(x)[0]
+        return [mu1, self.up(mu1)[0]]
 
     def sample(
         self, z: torch.Tensor | int, generator: torch.Generator | None = None
@@ -122,7 +142,18 @@ class TwoLayerVAE(VAE):
         return self.decode(mu1 + torch.exp(0.5 * logvar1) * eps)
 
     def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        log_w = self.log_importance_weights(x, self.k, target)  # (k, batch)
+        log_px, log_ratio_1, log_ratio_2 = self.weight_terms(x, self.k, target)  # (k, batch)
+        log_ratio = log_ratio_1 + log_ratio_2
+        log_w, tempered = log_px + log_ratio, log_px + self.kl_weight() * log_ratio
         elbo, bound = log_w.mean(), iw_bound(log_w).mean()
-        loss = -(elbo if self.objective == "elbo" else bound)
-        return {"loss": loss, "elbo": elbo, "iw_bound": bound}
+        loss = -(tempered.mean() if self.objective == "elbo" else iw_bound(tempered).mean())
+        kl_1, kl_2 = -log_ratio_1.mean(), -log_ratio_2.mean()
+        return {
+            "loss": loss,
+            "elbo": elbo,
+            "iw_bound": bound,
+            "recon": -log_px.mean(),
+            "kl": kl_1 + kl_2,
+            "kl_1": kl_1,
+            "kl_2": kl_2,
+        }
