@@ -10,6 +10,11 @@ z ~ q(z|x) as the reconstruction (the paper's single-sample estimate). The pseud
 images: u = hardtanh(P, 0, 1) of a learned P initialised N(0.05, 0.01) per pixel, as in the
 authors' code for MNIST. Samples come from that prior: pick u_k uniformly, draw z ~ q(z|u_k),
 decode. `test/nll_iw` uses the same mixture as log p(z) (`log_prior`).
+
+`logvar_clamp` [lo, hi] clips the encoder's log sigma^2 to [lo, hi] (hardtanh, whose gradient
+is 0 outside), for the data's posteriors and the pseudo-inputs' alike: the authors' code
+(jmtomczak/vae_vampprior, models/VAE.py) has Hardtanh(-6, 2) on that head; null leaves it
+unclipped. Their KL warm-up (100 epochs by default) is the VAE's `kl_warmup_epochs`.
 """
 
 import math
@@ -55,16 +60,33 @@ class VampPriorVAE(VAE):
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
         num_pseudo_inputs: int = 500,
+        logvar_clamp: Sequence[float] | None = None,
         **shared: Any,
     ) -> None:
         if num_pseudo_inputs < 1:
             raise ConfigError(f"model.num_pseudo_inputs={num_pseudo_inputs} must be >= 1")
+        if logvar_clamp is not None and not (
+            len(logvar_clamp) == 2 and -math.inf < logvar_clamp[0] < logvar_clamp[1] < math.inf
+        ):
+            raise ConfigError(
+                f"model.logvar_clamp={list(logvar_clamp)} must be null or [lo, hi], two finite "
+                "numbers with lo < hi (the authors': [-6, 2])"
+            )
         super().__init__(
             image_shape, latent_dim, likelihood, gaussian_std, beta, kl_warmup_epochs, **shared
         )
+        self.logvar_clamp = None if logvar_clamp is None else (logvar_clamp[0], logvar_clamp[1])
         self.pseudo_inputs = nn.Parameter(
             torch.randn(num_pseudo_inputs, *image_shape) * PSEUDO_INPUT_STD + PSEUDO_INPUT_MEAN
         )
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma^2) of q(z|x), log sigma^2 clipped to `logvar_clamp` if set."""
+        mu, logvar = super().posterior(x)
+        if self.logvar_clamp is not None:
+            low, high = self.logvar_clamp
+            logvar = F.hardtanh(logvar, low, high)
+        return mu, logvar
 
     def pseudo_images(self) -> torch.Tensor:
         """u_1..u_K, clipped to the pixel range [0, 1] (the paper's hardtanh)."""
