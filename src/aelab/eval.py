@@ -5,7 +5,8 @@ config (and the run's data folder, unless `data_dir=...` names another): the tra
 under the same names (`test/loss`, ...), plus the importance-weighted likelihood `test/nll_iw`
 of every family that has one, the k-NN and linear-probe accuracies of the latent codes
 (`test/knn_acc`, `test/linear_acc`) beside the same two on raw pixels, `test/recon_mse` (the
-squared error per pixel of the reconstructions, the same measure for every family) and, for
+squared error per pixel of the reconstructions, the same measure for every family), the active
+units of the stochastic layers (`test/active_units`; aelab.evaluation.active_units) and, for
 every model that generates, the sample metrics (`test/fd_classifier`, `test/precision`,
 `test/recall`, `test/fid`; aelab.evaluation.samples), `test/neg_elbo` (the -ELBO, whatever the
 weights a model trained with) and, on data with ground-truth factors (`data=shapes`,
@@ -51,6 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     import torch
 
+    from aelab.evaluation.active_units import active_unit_metrics
     from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
     from aelab.evaluation.pictures import log_latent_pictures
     from aelab.evaluation.progress import phase
@@ -75,6 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     settings: dict = {}
     metrics |= factor_metrics(cfg, model, datamodule, settings)
     metrics["test/recon_mse"] = reconstruction_mse(model, test.images)
+    metrics |= active_unit_metrics(model, test.images, "test")
     if isinstance(model, ImportanceWeighted) and cfg.iw_samples > 0:
         with (
             torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []),

@@ -170,6 +170,11 @@ class LadderVAE(VAE):
         """The mean of z_1 under q, top-down through the upper layers' means."""
         return self.top_down(self.bottom_up(x), draw=False)[0].z
 
+    def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's mean under the merged q along the mean path (every upper layer's mean in
+        place of a draw), z_1 first: what active units are counted on."""
+        return [layer.z for layer in self.top_down(self.bottom_up(x), draw=False)]
+
     def sample(
         self, z: torch.Tensor | int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
