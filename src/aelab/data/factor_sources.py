@@ -52,7 +52,7 @@ from aelab.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 SHAPES_VERSION = 1  # bump when generate_shapes draws differently: older caches are rebuilt
-DSPRITES_CHUNK = 65536  # dSprites images decompressed and written at a time (256 MB)
+DSPRITES_CHUNK = 16384  # dSprites images decompressed and written at a time (64 MB)
 
 
 @dataclass

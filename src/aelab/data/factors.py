@@ -232,20 +232,33 @@ def read_dsprites_factors(path: Path) -> np.ndarray:
 
 def iter_dsprites_images(path: Path, chunk: int = 65536) -> Iterator[np.ndarray]:
     """dSprites' imgs in chunks of (n, 1, H, W) uint8 in {0, 255}, decompressed as they are read
-    (the whole array is 3 GB): for writing them into a cache without holding them all."""
+    (the whole array is 3 GB): for writing them into a cache without holding them all. Each
+    chunk is a new array (the caller may keep it)."""
     with _npy_member(path, "imgs") as (stream, shape, dtype):
         if dtype != np.uint8 or len(shape) != 3:
             raise DataError(f"{path}: imgs must be uint8 (N, H, W), not {dtype} {shape}")
         n, height, width = shape
         for start in range(0, n, chunk):
-            count = min(chunk, n - start)
-            raw = stream.read(count * height * width)
-            if len(raw) != count * height * width:
+            pixels = np.empty((min(chunk, n - start), 1, height, width), dtype=np.uint8)
+            if not _read_into(stream, pixels.data.cast("B")):
                 raise DataError(f"{path}: imgs ends after {start} of {n} images")
-            pixels = np.frombuffer(raw, dtype=np.uint8).reshape(count, 1, height, width)
             if pixels.max(initial=0) > 1:
                 raise DataError(f"{path}: imgs holds pixel values above 1; dSprites' are 0 or 1")
-            yield pixels * np.uint8(255)
+            yield np.multiply(pixels, 255, out=pixels)
+
+
+def _read_into(stream: IO[bytes], buffer: memoryview, piece: int = 1 << 20) -> bool:
+    """Fill `buffer` from `stream` a megabyte at a time (one read of the whole buffer would
+    grow one bytes object piece by piece: minutes and twice the memory for 256 MB); False if
+    the stream ends first."""
+    filled = 0
+    while filled < len(buffer):
+        data = stream.read(min(piece, len(buffer) - filled))
+        if not data:
+            return False
+        buffer[filled : filled + len(data)] = data
+        filled += len(data)
+    return True
 
 
 @contextmanager
