@@ -228,7 +228,10 @@ def test_help_lists_groups_and_options():
     # only the groups training composes: not the results command's `table`, nor `protocol`
     assert "table:" not in result.stdout and "protocol:" not in result.stdout
     results = run_python("-m", "aelab.results", "--help")
-    assert "table: families, models" in results.stdout and "model:" not in results.stdout
+    assert (
+        "table: disentanglement, families, models" in results.stdout
+        and "model:" not in results.stdout
+    )
 
 
 def test_wrong_option_lists_the_valid_ones(refusal, tmp_path):
