@@ -7,6 +7,7 @@ weights with it. Nothing is added to the state dict: checkpoints of either choic
 models of either.
 """
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -15,6 +16,8 @@ import torch.distributed as dist
 
 from aelab.errors import ConfigError
 from aelab.nets.init import glorot_, pixel_means, set_output_bias
+
+log = logging.getLogger(__name__)
 
 
 def weights_given(model: "Initialisation", incompatible_keys: Any) -> None:
@@ -51,6 +54,7 @@ class Initialisation(L.LightningModule):
             glorot_(self)
         if self.output_bias == "data":
             set_output_bias(self.net, self.training_pixel_means(), self.output_inverse)
+            log.info("The decoder's output bias starts at the training images' pixel means")
         changed = self.init != "default" or self.output_bias != "default"
         if changed and dist.is_available() and dist.is_initialized():
             for parameter in self.parameters():  # rank 0's weights on every rank
