@@ -114,9 +114,14 @@ def check_arguments(key: str, node: Any) -> None:
         raise ConfigError(f"{key}._target_={target!r} cannot be imported") from None
     receiver = _receiver(key, takers[0]) if _hands_on(parameters) else None
     if receiver is not None:
-        takers.append(receiver)
+        takers += handed_to(takers[0], receiver)
         parameters = {n: p for n, p in parameters.items() if p.kind != p.VAR_KEYWORD}
-        parameters |= inspect.signature(receiver).parameters
+        for taker in takers[1:]:
+            parameters = inspect.signature(taker).parameters | parameters
+        fixed = set(getattr(takers[0], "fixed", ()))
+        parameters = {
+            n: p for n, p in parameters.items() if n not in fixed and p.kind != p.VAR_KEYWORD
+        }
     check_types(key, node, *takers)
     if _hands_on(parameters):
         return
@@ -139,6 +144,17 @@ def check_arguments(key: str, node: Any) -> None:
 
 def _hands_on(parameters: typing.Mapping[str, inspect.Parameter]) -> bool:
     return any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+def handed_to(cls: type, receiver: type) -> list[type]:
+    """The classes that the `**kwargs` of `cls` pass through, nearest first, down to `receiver`:
+    each time the nearest base with an `__init__` of its own (a model's `**vae` go to VAE, whose
+    `**shared` go to AutoencoderModule)."""
+    chain: list[type] = []
+    while cls is not receiver and _hands_on(inspect.signature(cls).parameters):
+        cls = next(c for c in cls.__mro__[1:] if "__init__" in vars(c) and issubclass(c, receiver))
+        chain.append(cls)
+    return chain
 
 
 def _receiver(key: str, target: Any) -> Any:

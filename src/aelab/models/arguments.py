@@ -9,16 +9,18 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from aelab.errors import AelabError, root_cause
+from aelab.validation import handed_to
 
 
 def arguments(cls: type, shared: type) -> set[str]:
-    """The arguments that `cls` takes by name: its own, and those of `shared` (the class that
-    takes what every model shares) when it hands `**shared` on."""
-    parameters = inspect.signature(cls).parameters
-    names = {n for n, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-        names |= arguments(shared, shared)
-    return names
+    """The arguments that `cls` takes by name: its own and those of every class its `**kwargs`
+    pass through down to `shared`, the class that takes what every model shares (`handed_to`),
+    less the arguments of those classes that `cls` sets itself (`cls.fixed`: IWAE's beta)."""
+    names: set[str] = set()
+    for taker in (cls, *handed_to(cls, shared)):
+        parameters = inspect.signature(taker).parameters.values()
+        names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return names - set(getattr(cls, "fixed", ()))
 
 
 def not_saved(cls: type, shared: type, optimizer: Any, scheduler: Any) -> list[str]:

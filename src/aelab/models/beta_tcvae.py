@@ -74,13 +74,11 @@ class BetaTCVAE(VAE):
         self,
         image_shape: Sequence[int],
         latent_dim: int = 10,
-        likelihood: str = "bernoulli",
-        gaussian_std: float | None = None,
         alpha: float = 1.0,
         beta: float = 6.0,
         gamma: float = 1.0,
         dataset_size: int | None = None,
-        **shared: Any,
+        **vae: Any,
     ) -> None:
         for key, weight in (("alpha", alpha), ("gamma", gamma)):
             if weight < 0:
@@ -91,7 +89,7 @@ class BetaTCVAE(VAE):
                 "split's size"
             )
         # the VAE checks beta >= 0; its KL warm-up is no argument here
-        super().__init__(image_shape, latent_dim, likelihood, gaussian_std, beta, **shared)
+        super().__init__(image_shape, latent_dim, beta=beta, **vae)
         self.alpha = alpha
         self.gamma = gamma
         self.given_dataset_size = dataset_size

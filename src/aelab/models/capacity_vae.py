@@ -31,16 +31,16 @@ from aelab.models.vae import VAE
 class CapacityVAE(VAE):
     """The VAE whose KL is held near a capacity C that rises from 0 to `capacity_max` nats."""
 
+    fixed = ("beta", "kl_warmup_epochs")  # the VAE's KL weight and warm-up: C replaces them
+
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int = 10,
-        likelihood: str = "bernoulli",
-        gaussian_std: float | None = None,
         gamma: float = 1000.0,
         capacity_max: float = 25.0,
         capacity_epochs: float = 10.0,
-        **shared: Any,
+        **vae: Any,
     ) -> None:
         for key, value in (
             ("gamma", gamma),
@@ -49,8 +49,7 @@ class CapacityVAE(VAE):
         ):
             if value < 0:
                 raise ConfigError(f"model.{key}={value} must be >= 0")
-        # beta and kl_warmup_epochs, the VAE's, are no arguments here: C replaces them
-        super().__init__(image_shape, latent_dim, likelihood, gaussian_std, **shared)
+        super().__init__(image_shape, latent_dim, **vae)
         self.gamma = gamma
         self.capacity_max = capacity_max
         self.capacity_epochs = capacity_epochs

@@ -107,17 +107,17 @@ def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class FactorVAE(VAE):
     """The VAE plus gamma times the TC that its discriminator `discriminator` estimates."""
 
+    fixed = ("beta", "kl_warmup_epochs")  # the VAE's KL weight and warm-up: gamma weighs TC
+
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int = 10,
-        likelihood: str = "bernoulli",
-        gaussian_std: float | None = None,
         gamma: float = 35.0,
         discriminator_layers: int = 6,
         discriminator_width: int = 256,
         discriminator_optimizer: Mapping[str, Any] | None = None,
-        **shared: Any,
+        **vae: Any,
     ) -> None:
         if gamma < 0:
             raise ConfigError(f"model.gamma={gamma} must be >= 0")
@@ -126,8 +126,7 @@ class FactorVAE(VAE):
                 f"model.discriminator_layers={discriminator_layers} must be >= 0 and "
                 f"model.discriminator_width={discriminator_width} >= 1"
             )
-        # beta and kl_warmup_epochs, the VAE's, are no arguments here
-        super().__init__(image_shape, latent_dim, likelihood, gaussian_std, **shared)
+        super().__init__(image_shape, latent_dim, **vae)
         self.gamma = gamma
         self.discriminator = discriminator(latent_dim, discriminator_width, discriminator_layers)
         with building("model.discriminator_optimizer"):

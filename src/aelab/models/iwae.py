@@ -41,22 +41,18 @@ def iw_bound(log_w: torch.Tensor) -> torch.Tensor:
 class IWAE(VAE):
     """The VAE's Gaussian encoder and decoder; `k` samples per image in every step."""
 
+    fixed = ("beta",)  # the VAE's: a bound has no beta
+
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int = 50,
         k: int = 5,
-        likelihood: str = "bernoulli",
-        gaussian_std: float | None = None,
-        kl_warmup_epochs: int = 0,
-        **shared: Any,
+        **vae: Any,
     ) -> None:
         if k < 1:
             raise ConfigError(f"model.k={k} must be an integer >= 1 (samples per image)")
-        # beta, the VAE's, is no argument here (nor a hyperparameter): a bound has no beta
-        super().__init__(
-            image_shape, latent_dim, likelihood, gaussian_std, 1.0, kl_warmup_epochs, **shared
-        )
+        super().__init__(image_shape, latent_dim, beta=1.0, **vae)
         self.k = k
 
     def weight_terms(

@@ -104,17 +104,11 @@ class LadderVAE(VAE):
         upper_block_layers: int = 2,
         upper_activation: str = "leaky_relu",
         batch_norm: bool = True,
-        likelihood: str = "bernoulli",
-        gaussian_std: float | None = None,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 0,
-        **shared: Any,
+        **vae: Any,
     ) -> None:
         check_ladder(upper_latent_dims, upper_hidden_dims, upper_block_layers)
         activation(upper_activation, "model.upper_activation")  # the error names this key
-        super().__init__(
-            image_shape, latent_dim, likelihood, gaussian_std, beta, kl_warmup_epochs, **shared
-        )
+        super().__init__(image_shape, latent_dim, **vae)
         self.latent_dims = [latent_dim, *upper_latent_dims]
         block = {
             "layers": upper_block_layers,

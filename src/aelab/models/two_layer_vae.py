@@ -76,11 +76,7 @@ class TwoLayerVAE(VAE):
         top_activation: str = "tanh",
         objective: str = "elbo",
         k: int = 1,
-        likelihood: str = "bernoulli",
-        gaussian_std: float | None = None,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 0,
-        **shared: Any,
+        **vae: Any,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ConfigError(f"model.objective={objective!r} is unknown; allowed: {OBJECTIVES}")
@@ -91,9 +87,7 @@ class TwoLayerVAE(VAE):
         if not all(h > 0 for h in top_hidden_dims):
             raise ConfigError(f"model.top_hidden_dims={list(top_hidden_dims)}: sizes must be > 0")
         activation(top_activation, "model.top_activation")  # the error names this key
-        super().__init__(
-            image_shape, latent_dim, likelihood, gaussian_std, beta, kl_warmup_epochs, **shared
-        )
+        super().__init__(image_shape, latent_dim, **vae)
         self.objective = objective
         self.k = k
         self.top_latent_dim = top_latent_dim

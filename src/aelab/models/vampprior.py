@@ -55,13 +55,9 @@ class VampPriorVAE(VAE):
         self,
         image_shape: Sequence[int],
         latent_dim: int = 20,
-        likelihood: str = "bernoulli",
-        gaussian_std: float | None = None,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 0,
         num_pseudo_inputs: int = 500,
         logvar_clamp: Sequence[float] | None = None,
-        **shared: Any,
+        **vae: Any,
     ) -> None:
         if num_pseudo_inputs < 1:
             raise ConfigError(f"model.num_pseudo_inputs={num_pseudo_inputs} must be >= 1")
@@ -72,9 +68,7 @@ class VampPriorVAE(VAE):
                 f"model.logvar_clamp={list(logvar_clamp)} must be null or [lo, hi], two finite "
                 "numbers with lo < hi (the authors': [-6, 2])"
             )
-        super().__init__(
-            image_shape, latent_dim, likelihood, gaussian_std, beta, kl_warmup_epochs, **shared
-        )
+        super().__init__(image_shape, latent_dim, **vae)
         self.logvar_clamp = None if logvar_clamp is None else (logvar_clamp[0], logvar_clamp[1])
         self.pseudo_inputs = nn.Parameter(
             torch.randn(num_pseudo_inputs, *image_shape) * PSEUDO_INPUT_STD + PSEUDO_INPUT_MEAN
