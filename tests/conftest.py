@@ -350,7 +350,8 @@ def read_events(folder: Path):
 
 
 def pytest_collection_modifyitems(items: list) -> None:
-    """The slow tests first: the xdist workers then share out the long runs while the many short
-    tests are left to fill the gaps, rather than one worker finishing a long run alone at the
-    end. Stable: every worker collects the same order, as xdist requires."""
+    """The slow tests first: handed out one at a time (`--maxschedchunk 1`), the xdist workers
+    then share out the long runs while the many short tests are left to fill the gaps, rather
+    than one worker finishing a long run alone at the end. Stable: every worker collects the
+    same order, as xdist requires."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
