@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import free_port
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -298,3 +299,14 @@ def test_under_ddp_every_rank_starts_from_rank_0_s_weights(tmp_path):
     for key, value in first.items():
         assert torch.equal(value, second[key]), key
     assert torch.allclose(first["net.decoder.0.2.bias"], torch.full((16,), math.log(0.25)))
+
+
+@pytest.mark.parametrize("model", ["vae", "conv_vae", "two_layer_vae", "ladder_vae", "vqvae", "ae"])
+def test_every_shipped_model_starts_from_glorot_and_the_data_bias(compose_cfg, model):
+    """The default chosen from docs/models.md's measurements, in the keys every model shares."""
+    cfg = compose_cfg(f"model={model}")
+    assert (cfg.model.init, cfg.model.output_bias) == ("glorot", "data")
+    resnet = OmegaConf.to_container(cfg.model) | {"net": {"_target_": "aelab.nets.ResNet"}}
+    for config, shape in ((cfg.model, [1, 28, 28]), (resnet, [3, 32, 32])):
+        built = instantiate(config, image_shape=shape, _convert_="all")  # has an output layer
+        assert built.output_bias == "data"
