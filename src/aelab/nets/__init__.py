@@ -5,7 +5,9 @@ with two parts:
 
 - `encoder`: images (N, C, H, W) -> features (N, `features`), where `features` is an int
   attribute of the network; each model puts its own head on them (a code, or mu and log sigma^2);
-- `decoder`: codes (N, D) -> logits (N, C, H, W), before the model's output activation.
+- `decoder`: codes (N, D) -> logits (N, C, H, W), before the model's output activation; its
+  last module with a bias (or the network's `output_layer`), one bias per pixel or per channel,
+  is the one `model.output_bias=data` sets (aelab.nets.init).
 
 Your own network is one such class in your own module and one YAML in your own config folder
 (`# @package model.net`, `_target_: your_module.YourNet`); see the README.
