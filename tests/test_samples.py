@@ -82,6 +82,9 @@ def pool():
 def features(pool, tmp_path_factory):
     train, test = pool
     cache = tmp_path_factory.mktemp("cache")
+    # its initial weights and batch order from a fixed seed, not from whatever the tests that ran
+    # before on this worker left in the global RNG (0.898 against 0.9 in one CI order)
+    torch.manual_seed(0)
     model, accuracy = feature_classifier(train, test, cache, "synthetic", Recipe(epochs=2), "cpu")
     return model, accuracy, cache
 

@@ -206,7 +206,7 @@ def test_the_results_table_without_a_baseline_has_no_comparison(tmp_path):
             "vae",
             ["test/nll"],
             "table.compare=['test/nll']: test/nll is not a column of the tables; the columns: "
-            "test/loss, test/recon_mse, test/nll_iw,",
+            "test/loss, test/recon_mse, test/neg_elbo, test/nll_iw,",
         ),
         ("vae", [], "table.compare=[]: no metric is not a column of the tables;"),
     ],
