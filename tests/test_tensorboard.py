@@ -90,6 +90,9 @@ def test_hparams_are_what_runs_are_compared_by_swept_first(compose_cfg, monkeypa
     )
     assert values["optimizer"] == "Adam" and values["scheduler"] == "CosineAnnealingLR"
     assert values["model.latent_dim"] == 20 and values["seed"] == 7
+    # the initialisation changes every number: runs that differ in it are told apart
+    assert values["model.init"] == "glorot" and values["model.output_bias"] == "data"
+    assert values["model.net.batch_norm"] is False
     assert "model.net.hidden_dims" not in values  # one column per searched key, not two
     assert values["data.source.name"] == "mnist" and values["data.batch_size"] == 128
     assert not [name for name in values if "_target_" in name or "dir" in name]
