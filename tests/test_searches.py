@@ -258,6 +258,30 @@ def test_a_search_of_no_dimension_or_a_joblib_option_that_does_not_apply_is_one_
         ProcessLauncher(n_jobs=2, backend="threading")
 
 
+def test_jobs_side_by_side_divide_the_cpus_among_them(monkeypatch):
+    import torch
+
+    from aelab.errors import ConfigError
+    from aelab.sweeps.launcher import ProcessLauncher, job_threads, limit_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [job_threads("auto", n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    assert job_threads(3, 2) == 3 and job_threads(None, 2) is None
+    for wrong in (0, "all", True):
+        with pytest.raises(ConfigError, match=r"hydra.launcher.threads_per_job=.*auto, a posit"):
+            ProcessLauncher(n_jobs=2, threads_per_job=wrong)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+    assert job_threads("auto", 2) is None and job_threads(2, 2) is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    before = torch.get_num_threads()
+    try:
+        limit_threads(1)
+        assert os.environ["OMP_NUM_THREADS"] == "1" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_sweep_folder_of_another_sweep_is_refused(tmp_path, monkeypatch):
     from types import SimpleNamespace
 

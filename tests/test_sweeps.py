@@ -103,6 +103,11 @@ def test_launchers(data_dir, tmp_path, launcher):
     # joblib is the old name of aelab's process launcher: one line says which launcher it gets
     said = "hydra/launcher=joblib: aelab's process launcher (hydra/launcher=processes)"
     assert (said in result.stdout + result.stderr) == (launcher == "joblib")
+    if launcher != "submitit_local":  # the CPUs divided among the jobs at once
+        threads = max(1, (os.cpu_count() or 1) // min(2, os.cpu_count() or 1))
+        assert f"Launching 2 jobs, {os.cpu_count()} at a time, {threads} thread(s) each" in (
+            result.stdout + result.stderr
+        )
 
 
 def test_an_interrupted_grid_reruns_only_its_unfinished_jobs(data_dir, tmp_path):

@@ -11,6 +11,11 @@ SIGTERM (`kill`, a preempted node, `python -m aelab.results` stopped) is a reque
 a sweep of one process (`aelab.sweeps.jobs`): sent to the sweep, it is passed on to the running
 jobs, which save a checkpoint and stop without a record; a job stopped by it, sent to the sweep or
 to the job, means no later job starts. The rerun of the same command resumes them.
+
+Jobs that run side by side share the CPUs: each gets `threads_per_job` threads for PyTorch and
+OpenMP (`auto`: the CPUs divided among the jobs that run at once), not every core, which would run
+n_jobs x cores threads on the cores and slow every job down (an OMP_NUM_THREADS set by the user
+wins).
 """
 
 import logging
@@ -63,8 +68,33 @@ def job_config(
     return sweep_config
 
 
-def run_in_child(payload: bytes, connection: Any) -> None:
+def job_threads(setting: int | str | None, n_jobs: int) -> int | None:
+    """The threads of each job: `auto` divides the CPUs among `n_jobs` jobs running at once (at
+    least 1); None (the libraries' defaults) also where the user has set OMP_NUM_THREADS."""
+    number = isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1
+    if setting not in (None, "auto") and not number:
+        raise ConfigError(
+            f"hydra.launcher.threads_per_job={setting!r}: auto, a positive number, or null "
+            "(PyTorch's default: every core in every job)"
+        )
+    if setting is None or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // n_jobs) if setting == "auto" else int(setting)
+
+
+def limit_threads(threads: int | None) -> None:
+    """Give this process `threads` PyTorch and OpenMP threads (None: leave their defaults)."""
+    if threads is None:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # before numpy or scikit-learn start a pool
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_in_child(payload: bytes, connection: Any, threads: int | None) -> None:
     """The job's process: run the job as Hydra does and send its JobReturn back."""
+    limit_threads(threads)
     hydra_context, config, task_function, singleton_state, idx, overrides = cloudpickle.loads(
         payload
     )
@@ -85,7 +115,13 @@ def run_in_child(payload: bytes, connection: Any) -> None:
 class ProcessLauncher(Launcher):
     """Each job in a spawned process of its own, `n_jobs` at a time (-1: one per CPU)."""
 
-    def __init__(self, n_jobs: int = -1, called: str = "processes", **joblib_schema: Any) -> None:
+    def __init__(
+        self,
+        n_jobs: int = -1,
+        threads_per_job: int | str | None = "auto",
+        called: str = "processes",
+        **joblib_schema: Any,
+    ) -> None:
         if called != "processes":
             log.info(
                 f"hydra/launcher={called}: aelab's process launcher (hydra/launcher=processes), "
@@ -100,6 +136,9 @@ class ProcessLauncher(Launcher):
         if n_jobs == 0 or n_jobs < -1:
             raise ConfigError(f"hydra.launcher.n_jobs={n_jobs}: a positive number, or -1")
         self.n_jobs = n_jobs if n_jobs > 0 else os.cpu_count() or 1
+        job_threads(threads_per_job, self.n_jobs)  # checked before anything runs
+        self.threads_per_job = threads_per_job
+        self.threads: int | None = None
         self.stopping = threading.Event()  # set by SIGTERM, or a job that it stopped
         self.running: set[multiprocessing.process.BaseProcess] = set()
         self.lock = threading.Lock()
@@ -116,9 +155,12 @@ class ProcessLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(f"Launching {len(job_overrides)} jobs, {self.n_jobs} at a time, in {sweep_dir}")
         state = Singleton.get_state()
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        # divided among the jobs that run at once: one trial at a time gets every core
+        self.threads = job_threads(self.threads_per_job, min(self.n_jobs, len(jobs)))
+        each = "" if self.threads is None else f", {self.threads} thread(s) each"
+        log.info(f"Launching {len(jobs)} jobs, {self.n_jobs} at a time{each}, in {sweep_dir}")
         self.stopping.clear()
         previous = signal.signal(signal.SIGTERM, self.stop)
         try:
@@ -147,7 +189,9 @@ class ProcessLauncher(Launcher):
             (self.hydra_context, self.config, self.task_function, singleton_state, idx, overrides)
         )
         start = time.perf_counter()
-        process = context.Process(target=run_in_child, args=(payload, send), name=f"job-{idx}")
+        process = context.Process(
+            target=run_in_child, args=(payload, send, self.threads), name=f"job-{idx}"
+        )
         with self.lock:
             process.start()
             self.running.add(process)
