@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import VAL_SIZE, output_of, run_python, start_python
 from omegaconf import OmegaConf
 
@@ -96,12 +97,13 @@ def test_results_command_names_the_rows_of_its_table(tmp_path):
         .splitlines()[-1]
         .endswith(
             "only=['vae', 'iwea_k5']: iwea_k5 is not a row of table=families; its rows: vae, "
-            "iwae_k5, iwae_k50, two_layer_vae, vae_z1, vampprior, wae, vae_8d, wae_8d, vqvae"
+            "iwae_k5, iwae_k50, two_layer_vae, vae_z1, vampprior, wae, vae_8d, wae_8d, vqvae, "
+            "ladder_vae, vae_bn_wu"
         )
     )
 
 
-@pytest.mark.parametrize("name", ["models", "families"])
+@pytest.mark.parametrize("name", ["models", "families", "disentanglement"])
 def test_every_row_of_every_table_composes_into_its_model(name):
     from hydra import compose, initialize_config_module
 
@@ -118,10 +120,17 @@ def test_every_row_of_every_table_composes_into_its_model(name):
                 "twolayervae",
                 "wae",
                 "vqvae",
+                "laddervae",
+                "betatcvae",
+                "factorvae",
+                "capacityvae",
             }, (row, model)
             for override in overrides[1:] + list(table.common):
                 key, value = override.split("=", 1)
-                assert str(OmegaConf.select(cfg, key)).replace(" ", "").replace("'", "") == value
+                composed = OmegaConf.select(cfg, key)
+                if OmegaConf.is_config(composed):
+                    composed = OmegaConf.to_container(composed)
+                assert composed == yaml.safe_load(value), (row, key)
 
 
 def processes_naming(text: str) -> list[str]:
