@@ -112,6 +112,18 @@ def small_run_overrides(data_dir: Path) -> list[str]:
     ]
 
 
+# a model's whole path on the synthetic data in seconds: one epoch of two training batches, one
+# validation and one test batch (with small_run_overrides)
+TWO_BATCHES = (
+    "trainer.max_epochs=1",
+    "++trainer.limit_train_batches=2",
+    "++trainer.limit_val_batches=1",
+    "++trainer.limit_test_batches=1",
+    "++trainer.num_sanity_val_steps=0",
+    "callbacks.latent_pictures=null",
+)
+
+
 @pytest.fixture
 def compose_cfg():
     """Compose the train config the way `python train.py` does (output_dir set explicitly),

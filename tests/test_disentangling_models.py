@@ -7,7 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import N_TRAIN, VAL_SIZE, read_events, run_train, small_run_overrides
+from conftest import N_TRAIN, TWO_BATCHES, VAL_SIZE, read_events, run_train, small_run_overrides
 from lightning.pytorch.loggers import CSVLogger
 from torch.distributions import Normal
 from torch.utils.data import DataLoader, TensorDataset
@@ -339,12 +339,7 @@ def test_the_yaml_trains_and_logs_its_terms(compose_cfg, data_dir, tmp_path, nam
         f"model={name}",
         "data=mnist",
         *small_run_overrides(data_dir),
-        "trainer.max_epochs=1",
-        "++trainer.limit_train_batches=2",
-        "++trainer.limit_val_batches=1",
-        "++trainer.limit_test_batches=1",
-        "++trainer.num_sanity_val_steps=0",
-        "callbacks.latent_pictures=null",
+        *TWO_BATCHES,
         output_dir=tmp_path,
     )
     assert cfg.model.latent_dim == 10

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import read_events, small_run_overrides
+from conftest import TWO_BATCHES, read_events, small_run_overrides
 
 from aelab.errors import ConfigError
 from aelab.evaluation.likelihood import ImportanceWeighted, importance_weighted_nll
@@ -294,12 +294,7 @@ def test_family_trains_from_the_train_config(
         f"model={family}",
         "data=mnist",
         *small_run_overrides(data_dir),
-        "trainer.max_epochs=1",
-        "++trainer.limit_train_batches=2",
-        "++trainer.limit_val_batches=1",
-        "++trainer.limit_test_batches=1",
-        "++trainer.num_sanity_val_steps=0",
-        "callbacks.latent_pictures=null",
+        *TWO_BATCHES,
         output_dir=tmp_path,
     )
     metrics = fit_and_test(cfg)

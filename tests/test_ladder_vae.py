@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import read_events, small_run_overrides
+from conftest import TWO_BATCHES, read_events, small_run_overrides
 from torch.distributions import Bernoulli, Independent, Normal
 
 from aelab.errors import ConfigError
@@ -217,12 +217,7 @@ def test_the_yaml_trains_and_logs_every_layer_s_kl(compose_cfg, data_dir, tmp_pa
         "model=ladder_vae",
         "data=mnist",
         *small_run_overrides(data_dir),
-        "trainer.max_epochs=1",
-        "++trainer.limit_train_batches=2",
-        "++trainer.limit_val_batches=1",
-        "++trainer.limit_test_batches=1",
-        "++trainer.num_sanity_val_steps=0",
-        "callbacks.latent_pictures=null",
+        *TWO_BATCHES,
         output_dir=tmp_path,
     )
     assert cfg.model.kl_warmup_epochs == 10 and cfg.model.upper_latent_dims == [32, 16]

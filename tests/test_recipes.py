@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_events, small_run_overrides
+from conftest import TWO_BATCHES, read_events, small_run_overrides
 from omegaconf import OmegaConf
 
 from aelab.errors import ConfigError
@@ -268,12 +268,7 @@ def test_a_two_layer_run_logs_each_layers_kl_and_active_units(compose_cfg, data_
         "model=two_layer_vae",
         "data=mnist",
         *small_run_overrides(data_dir),
-        "trainer.max_epochs=1",
-        "++trainer.limit_train_batches=2",
-        "++trainer.limit_val_batches=1",
-        "++trainer.limit_test_batches=1",
-        "++trainer.num_sanity_val_steps=0",
-        "callbacks.latent_pictures=null",
+        *TWO_BATCHES,
         output_dir=tmp_path,
     )
     metrics = fit_and_test(cfg)
