@@ -18,6 +18,7 @@ from conftest import (
     free_port,
     mnist_source,
     offline_env,
+    read_events,
     run_train,
     small_run_overrides,
 )
@@ -27,6 +28,8 @@ from aelab.data import ImageDataModule
 from aelab.data.batches import BatchIndices
 from aelab.errors import TrainingDiverged
 from aelab.models import VAE
+
+TINY_SHAPES = {"size": 16, "scales": 2, "orientations": 3, "positions": 4}  # 288 images
 
 
 def _write_shard(rank: int, world: int, folder) -> None:
@@ -52,23 +55,36 @@ def test_ranks_draw_disjoint_shards_under_torch_distributed(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_cpu_trains_two_processes_into_one_run_folder(data_dir, tmp_path):
+def test_ddp_cpu_trains_two_processes_into_one_run_folder(tmp_path):
+    """On data with ground-truth factors, so that the disentanglement callback runs under DDP
+    too: rank 0 alone computes and logs its metrics and pictures, the other rank waits for
+    nothing it does not join."""
     run_dir = tmp_path / "run"
+    tiny = [f"data.source.{key}={value}" for key, value in TINY_SHAPES.items()]
     result = run_train(
         "trainer=ddp_cpu",
         "model=vae",
+        "model.latent_dim=4",
+        "data=shapes",
+        *tiny,
+        "data.batch_size=32",
         "trainer.max_epochs=2",
-        *small_run_overrides(data_dir),
+        "trainer.log_every_n_steps=1",
+        f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Training on cpu, process 2 of 2, precision 32-true" in result.stdout + result.stderr
     assert not list(tmp_path.glob("run?*")), "one output folder, not one per rank"
-    assert len(list((run_dir / "tensorboard").glob("events.*"))) >= 1
+    writers = {p.name.split(".")[4] for p in (run_dir / "tensorboard").glob("events.*")}
+    assert len(writers) == 1, f"rank 0 writes alone, not the processes {writers}"
+    events = read_events(run_dir / "tensorboard")
+    assert len(events.Scalars("val/mig")) == 2  # once an epoch, from rank 0
+    assert {"val/factor_traversal", "val/mutual_information"} <= set(events.Tags()["images"])
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
     model = VAE.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert model.sample(2).shape == (2, 1, 28, 28)
+    assert model.sample(2).shape == (2, 1, TINY_SHAPES["size"], TINY_SHAPES["size"])
 
 
 class _DivergesOnRankOne(VAE):
