@@ -158,7 +158,7 @@ class ProcessLauncher(Launcher):
         state = Singleton.get_state()
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         # divided among the jobs that run at once: one trial at a time gets every core
-        self.threads = job_threads(self.threads_per_job, min(self.n_jobs, len(jobs)))
+        self.threads = job_threads(self.threads_per_job, max(1, min(self.n_jobs, len(jobs))))
         each = "" if self.threads is None else f", {self.threads} thread(s) each"
         log.info(f"Launching {len(jobs)} jobs, {self.n_jobs} at a time{each}, in {sweep_dir}")
         self.stopping.clear()
