@@ -89,6 +89,15 @@ def undated(section: str) -> str:
     return re.sub(r" on \d{4}-\d{2}-\d{2} \(", " on DATE (", section)
 
 
+def test_the_section_says_what_was_measured_and_what_was_switched_off():
+    from aelab.results import likelihood_and_samples_text
+
+    both = likelihood_and_samples_text(OmegaConf.create({"iw_samples": 5, "sample_count": 64}))
+    assert both.startswith("`nll_iw`: -log p(x) with K=5 importance samples. Sample metrics on 64")
+    off = likelihood_and_samples_text(OmegaConf.create({"iw_samples": 0, "sample_count": 0}))
+    assert off == "No `nll_iw` (iw_samples=0). No sample metrics (sample_count=0)."
+
+
 def test_results_command_names_the_rows_of_its_table(tmp_path):
     result = run_python("-m", "aelab.results", "table=families", "only=[vae,iwea_k5]")
     assert result.returncode == 1

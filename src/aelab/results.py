@@ -189,6 +189,23 @@ def comparison_text(cfg: DictConfig) -> str:
     )
 
 
+def likelihood_and_samples_text(cfg: DictConfig) -> str:
+    """What `nll_iw` and the sample metrics measured, or that they were switched off (0)."""
+    likelihood = (
+        f"`nll_iw`: -log p(x) with K={cfg.iw_samples} importance samples."
+        if cfg.iw_samples > 0
+        else "No `nll_iw` (iw_samples=0)."
+    )
+    if cfg.sample_count <= 0:
+        return f"{likelihood} No sample metrics (sample_count=0)."
+    return (
+        f"{likelihood} Sample metrics on {cfg.sample_count} generated and as many test images "
+        "(VAEs from their prior, autoencoders from a 10-component Gaussian mixture of their "
+        "training codes): Fréchet distance and precision/recall (k=3) in the features of a "
+        "classifier trained once per dataset."
+    )
+
+
 def section(cfg: DictConfig, command: str, data: "dict[str, pd.DataFrame]") -> str:
     """The table's section: its title, the command, the budget, the machine, the rows' overrides
     and one table per dataset (`data`: each dataset's `table_data`)."""
@@ -207,11 +224,8 @@ def section(cfg: DictConfig, command: str, data: "dict[str, pd.DataFrame]") -> s
         "(`beta_vae`: recon + beta KL). `recon MSE`: squared error per pixel of the "
         "reconstruction (the decoded posterior mean or code) against the test image. "
         f"Evaluated with protocol={cfg.protocol.name}. "
-        f"`nll_iw`: -log p(x) with K={cfg.iw_samples} importance samples. Sample metrics on "
-        f"{cfg.sample_count} generated and as many test images (VAEs from their prior, "
-        "autoencoders from a 10-component Gaussian mixture of their training codes): Fréchet "
-        "distance and precision/recall (k=3) in the features of a classifier trained once per "
-        "dataset. k-NN (k=10) and linear-probe accuracy of the latent codes. -ELBO: recon + KL "
+        f"{likelihood_and_samples_text(cfg)} "
+        "k-NN (k=10) and linear-probe accuracy of the latent codes. -ELBO: recon + KL "
         "whatever the weights a row trained with. On data with ground-truth factors: MIG, DCI "
         "(gradient-boosted trees), SAP and the FactorVAE score after disentanglement_lib, with "
         f"the {cfg.protocol.name} budget of points.",
