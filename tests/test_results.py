@@ -2,6 +2,7 @@
 rerun resumes instead of starting over."""
 
 import re
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -212,6 +213,11 @@ def test_the_results_command_writes_under_the_log_folder_unless_told_otherwise(t
         "python -m aelab.results table=models output=docs/results.md paths.data_dir=/path/to/data"
     )
     assert "output" not in shown_command([f"output={tmp_path}/r.md"])
+    # pasted into a shell, the command is the one that ran
+    pasted = shown_command(["only=[vae,iwae_k5]", "train_overrides=['hydra/launcher=processes']"])
+    words = shlex.split(pasted)
+    assert words[3:5] == ["only=[vae,iwae_k5]", "train_overrides=['hydra/launcher=processes']"]
+    assert shlex.split(shown_command(["title=a b"]))[3] == "title=a b"
 
 
 def test_the_list_overrides_shown_in_the_results_config_parse_as_written():

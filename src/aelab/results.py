@@ -13,6 +13,8 @@ on, so a full table can be completed over several sittings.
 import datetime
 import os
 import platform
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -314,8 +316,19 @@ def shown_command(args: list[str]) -> str:
             return Path(arg.removeprefix("output=").strip("'\"")).is_absolute()
         return arg.startswith(("paths.", "work_dir=", "tables_only="))
 
-    shown = [a for a in args if not machine_specific(a)]
+    shown = [shell_word(a) for a in args if not machine_specific(a)]
     return " ".join(["python -m aelab.results", *shown, "paths.data_dir=/path/to/data"])
+
+
+def shell_word(arg: str) -> str:
+    """`arg` as a shell reads it back: as it is when plain (`only=[vae,iwae_k5]`), in double
+    quotes when it holds Hydra's single quotes (`"train_overrides=['trainer=gpu']"`), else
+    quoted by shlex."""
+    if re.fullmatch(r"[\w@%+=:,./\-\[\]]+", arg):
+        return arg
+    if "'" in arg and not re.search(r'["$`\\!]', arg):
+        return f'"{arg}"'
+    return shlex.quote(arg)
 
 
 def run_step(command: list[str]) -> int:
