@@ -244,7 +244,7 @@ def _votes(
 @dataclass(frozen=True)
 class MetricBudget:
     """How many points each metric draws from the ground-truth set. The defaults fit a CPU
-    (about 10 s beyond encoding on the generated shapes); PAPER_BUDGET holds the counts of
+    (docs/experiments.md says how long they take); PAPER_BUDGET holds the counts of
     disentanglement_lib's study (Locatello et al., 2019)."""
 
     mig_points: int = 10_000
