@@ -4,6 +4,7 @@ carried into the sweep summary's and the results command's Markdown and CSV."""
 
 import csv
 import math
+import os
 import statistics
 
 import pytest
@@ -147,7 +148,8 @@ def results_cfg(tmp_path, baseline="vae", compare=("test/nll_iw",)):
     table |= {"baseline": baseline, "compare": list(compare)}
     cfg = {"table": table, "work_dir": str(tmp_path / "work"), "output": str(tmp_path / "r.md")}
     cfg |= {"epochs": 1, "seeds": [1, 2, 3], "iw_samples": 5, "sample_count": 8}
-    cfg |= {"protocol": {"name": "cpu"}, "only": None}
+    cfg |= {"protocol": {"name": "cpu"}, "only": None, "inception": False}
+    cfg |= {"train_overrides": ["hydra/launcher=processes"], "eval_overrides": []}
     return OmegaConf.create(cfg), nll
 
 
@@ -182,6 +184,55 @@ def test_the_results_table_compares_each_row_with_the_baseline_row(tmp_path):
     assert float(rows["iwae"]["test/nll_iw_low"]) == pytest.approx(iwae.low)
     assert float(rows["iwae"]["test/nll_iw_p"]) == pytest.approx(iwae.p)
     assert rows["wae"]["test/nll_iw_diff"] == rows["vqvae"]["test/nll_iw_mean"] == ""
+
+
+def test_a_row_evaluated_in_an_earlier_sitting_stays_in_the_table_while_its_settings_do(
+    tmp_path, capsys
+):
+    """The CSV beside `output` carries each row's settings and day: a later sitting that runs
+    other rows (a new work folder) keeps them, compared anew; other settings drop them, saying so."""
+    import shutil
+
+    from aelab.results import write_results
+
+    cfg, nll = results_cfg(tmp_path)
+    first = write_results(cfg, "python -m aelab.results table=families").read_text()
+    with open(tmp_path / "r_families_mnist.csv") as f:
+        made = {row["row"]: row for row in csv.DictReader(f)}
+    assert made["iwae"]["settings"] == (
+        "model=iwae epochs=1 seeds=[1,2,3] protocol=cpu iw_samples=5 sample_count=8 "
+        "inception=false train:hydra/launcher=processes"
+    )
+    assert made["vqvae"]["settings"] == made["vqvae"]["made"] == ""  # not run yet
+
+    shutil.rmtree(tmp_path / "work" / "mnist" / "vae")  # the next sitting: vae from the CSV
+    for row in ("iwae", "wae"):  # these two evaluated on another day
+        os.utime(tmp_path / "work" / "mnist" / row / "eval_summary.csv", (0, 86400 * 20000))
+    again = write_results(cfg, "python -m aelab.results table=families").read_text()
+    assert (
+        again.replace(
+            "The rows were evaluated over several sittings of this command with the same settings "
+            "(`only=` some rows each time; the CSV's `made` and `settings` columns): "
+            f"2024-10-04: `iwae`, `wae`; {made['vae']['made']}: `vae`. ",
+            "",
+        )
+        == first
+    )
+    assert capsys.readouterr().out == ""
+
+    other = cfg.copy()
+    other.epochs = 2
+    shutil.rmtree(tmp_path / "work" / "mnist" / "iwae")
+    text = write_results(other, "python -m aelab.results table=families epochs=2").read_text()
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if "| `" in line}
+    assert "not run yet" in lines["`iwae`"] and "not run yet" not in lines["`wae`"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"r_families_mnist.csv: row {row} was made with other settings ({made[row]['settings']}); "
+        "not kept"
+        for row in ("vae", "iwae")
+    ]
+    assert "not run yet" in lines["`vae`"]
+    assert nll  # the seeds' values made the first table
 
 
 def test_the_results_table_without_a_baseline_has_no_comparison(tmp_path):

@@ -7,7 +7,9 @@ last checkpoint), then `aelab.eval` on that multirun's folder (each job's evalua
 beside its checkpoint and reused while the checkpoint and the settings stay the same), then the
 table of mean ± std over the seeds, written into its own section of `output` (the other
 sections are left as they are). Interrupt it at any point and run the same command again to go
-on, so a full table can be completed over several sittings.
+on, so a full table can be completed over several sittings; the table's CSV records each row's
+settings, so a row evaluated in an earlier sitting, even in another work folder or on another
+machine, stays in the table while the command's settings are the same.
 """
 
 import datetime
@@ -100,24 +102,76 @@ def eval_command(cfg: DictConfig, dataset: str, row: str) -> list[str]:
 
 def table_data(cfg: DictConfig, dataset: str) -> "pd.DataFrame":
     """One line per row of the table: `row`, then the columns of the row's `eval_summary.csv`
-    (none where it has not run yet) and, with a `table.baseline`, each row's `table.compare`
-    metrics against the baseline row's (`aelab.sweeps.summary.compare`)."""
+    with the row's `settings` and the day it was evaluated (`made`); a row this work folder has
+    not evaluated keeps its line of the CSV already beside `output` when that line was made with
+    the same settings (`earlier_rows`), so a table fills up over several sittings and machines.
+    With a `table.baseline`, each row's `table.compare` metrics against the baseline row's
+    (`aelab.sweeps.summary.compare`)."""
     import pandas as pd
 
     from aelab.sweeps.summary import compare
 
-    lines = []
-    for row in cfg.table.rows:
-        path = Path(cfg.work_dir) / dataset / row / "eval_summary.csv"
-        found = path.is_file()
-        summary = pd.read_csv(path, keep_default_na=False, na_values=[""]) if found else None
-        lines.append({"row": row} | ({} if summary is None else summary.iloc[0].to_dict()))
+    paths = {row: Path(cfg.work_dir) / dataset / row / "eval_summary.csv" for row in cfg.table.rows}
+    found = earlier_rows(cfg, dataset, [row for row, path in paths.items() if not path.is_file()])
+    for row, path in paths.items():
+        if path.is_file():
+            made = datetime.date.fromtimestamp(path.stat().st_mtime)
+            found[row] = read_csv(path).iloc[0].to_dict() | {"made": f"{made:%Y-%m-%d}"}
+            found[row]["settings"] = row_settings(cfg, row)
+    lines = [{"row": row} | found.get(row, {}) for row in cfg.table.rows]
     data = pd.DataFrame(lines).drop(columns="overrides", errors="ignore")
     counts = [c for c in data.columns if c in ("n", "failed", "pruned") or c.endswith("_n")]
     data[counts] = data[counts].astype("Int64")  # whole numbers, also beside a row not run yet
     if cfg.table.get("baseline") is None:
         return data
     return compare(data, "row", cfg.table.baseline, cfg.table.compare, "table.baseline")
+
+
+def read_csv(path: Path) -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def row_settings(cfg: DictConfig, row: str) -> str:
+    """Everything that makes a row's numbers what they are, as one line of overrides: the row's
+    and the table's train.py overrides, the budget, the evaluation's settings."""
+    return " ".join(
+        [
+            *cfg.table.rows[row],
+            *cfg.table.common,
+            f"epochs={cfg.epochs}",
+            f"seeds=[{','.join(str(s) for s in cfg.seeds)}]",
+            f"protocol={cfg.protocol.name}",
+            f"iw_samples={cfg.iw_samples}",
+            f"sample_count={cfg.sample_count}",
+            f"inception={str(cfg.inception).lower()}",
+            *(f"train:{o}" for o in cfg.train_overrides),
+            *(f"eval:{o}" for o in cfg.eval_overrides),
+        ]
+    )
+
+
+def earlier_rows(cfg: DictConfig, dataset: str, missing: list[str]) -> dict[str, dict]:
+    """The lines of the table's CSV (`csv_path`) for the `missing` rows that an earlier sitting
+    evaluated with the settings this command has, without their comparison columns (computed
+    anew); a line made with other settings is left out, with one line saying so."""
+    from aelab.sweeps.summary import FIELDS
+
+    path = csv_path(cfg, dataset)
+    if not path.is_file():
+        return {}
+    compared = {f"{m}_{f}" for m in cfg.table.get("compare") or [] for f in FIELDS}
+    kept = {}
+    for line in read_csv(path).to_dict("records"):
+        row, settings = line.get("row"), line.get("settings")
+        if row not in missing or not isinstance(settings, str):
+            continue
+        if settings != row_settings(cfg, row):
+            print(f"{path.name}: row {row} was made with other settings ({settings}); not kept")
+            continue
+        kept[row] = {k: v for k, v in line.items() if k != "row" and k not in compared}
+    return kept
 
 
 def table(cfg: DictConfig, data: "pd.DataFrame") -> str:
@@ -208,6 +262,25 @@ def likelihood_and_samples_text(cfg: DictConfig) -> str:
     )
 
 
+def sittings_text(data: "dict[str, pd.DataFrame]") -> str:
+    """The days the rows were evaluated on, when more than one (the table filled up over several
+    sittings of the command, each with `only=` some rows), else nothing."""
+    days: dict[str, set[str]] = {}
+    for frame in data.values():
+        for row, made in zip(frame["row"], frame.get("made", [None] * len(frame)), strict=True):
+            if isinstance(made, str):
+                days.setdefault(made, set()).add(row)
+    if len(days) < 2:
+        return ""
+    listed = "; ".join(
+        f"{day}: {', '.join(f'`{r}`' for r in sorted(rows))}" for day, rows in sorted(days.items())
+    )
+    return (
+        "The rows were evaluated over several sittings of this command with the same settings "
+        f"(`only=` some rows each time; the CSV's `made` and `settings` columns): {listed}. "
+    )
+
+
 def section(cfg: DictConfig, command: str, data: "dict[str, pd.DataFrame]") -> str:
     """The table's section: its title, the command, the budget, the machine, the rows' overrides
     and one table per dataset (`data`: each dataset's `table_data`)."""
@@ -234,7 +307,7 @@ def section(cfg: DictConfig, command: str, data: "dict[str, pd.DataFrame]") -> s
         "",
         f"Rows (train.py overrides): {rows}" + (f"; every row: `{common}`." if common else "."),
         "",
-        comparison_text(cfg),
+        sittings_text(data) + comparison_text(cfg),
     ]
     for dataset in cfg.table.datasets:
         parts += ["", f"### {dataset}", "", table(cfg, data[dataset])]
@@ -307,14 +380,15 @@ def check_comparison(cfg: DictConfig) -> None:
 
 
 def shown_command(args: list[str]) -> str:
-    """The command line as the docs show it: this machine's folders left out (`paths.*`, an
-    absolute `output=`; a relative one such as docs/results.md stays), the data folder as a
-    placeholder."""
+    """The command line as the docs show it, the one that makes the whole table: this machine's
+    folders left out (`paths.*`, an absolute `output=`; a relative one such as docs/results.md
+    stays), the data folder as a placeholder, and `only=` left out (the table holds every row
+    evaluated so far with these settings)."""
 
     def machine_specific(arg: str) -> bool:
         if arg.startswith("output="):
             return Path(arg.removeprefix("output=").strip("'\"")).is_absolute()
-        return arg.startswith(("paths.", "work_dir=", "tables_only="))
+        return arg.startswith(("paths.", "work_dir=", "tables_only=", "only="))
 
     shown = [shell_word(a) for a in args if not machine_specific(a)]
     return " ".join(["python -m aelab.results", *shown, "paths.data_dir=/path/to/data"])

@@ -73,6 +73,10 @@ def spread(row: pd.Series, metric: str) -> tuple[float, float, int]:
     return float(mean), float(std), 0 if count is None or pd.isna(count) else int(count)
 
 
+# a compared metric's columns: the difference, its interval's ends, the p-value
+FIELDS = ("diff", "low", "high", "p")
+
+
 def compare(
     summary: pd.DataFrame, label: str, baseline: str, metrics: Sequence[str], key: str
 ) -> pd.DataFrame:
@@ -90,7 +94,7 @@ def compare(
             None if name == baseline else welch(*spread(row, metric), *spread(base, metric))
             for name, (_, row) in zip(labels, summary.iterrows(), strict=True)
         ]
-        for field in ("diff", "low", "high", "p"):
+        for field in FIELDS:
             columns[f"{metric}_{field}"] = [
                 math.nan if d is None else getattr(d, field) for d in found
             ]
