@@ -55,28 +55,8 @@ class IWAE(VAE):
         super().__init__(image_shape, latent_dim, beta=1.0, **vae)
         self.k = k
 
-    def weight_terms(
-        self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p(x|z_i) and log p(z_i) - log q(z_i|x) for z_i ~ q(z|x), i = 1..samples: the two
-        parts of log w_i, each of shape (samples, batch)."""
-        mu, logvar = self.posterior(x)
-        eps = torch.randn(samples, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z = mu + torch.exp(0.5 * logvar) * eps  # (samples, batch, D)
-        logits = self.net.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
-        log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(-1)
-        log_px = self.log_likelihood(logits, x if target is None else target)
-        return log_px, self.log_prior(z) - log_q
-
-    def log_importance_weights(
-        self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), shape (samples, batch)."""
-        log_px, log_ratio = self.weight_terms(x, samples, target)
-        return log_px + log_ratio
-
     def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        log_px, log_ratio = self.weight_terms(x, self.k, target)  # (k, batch) each
+        log_px, (log_ratio,) = self.weight_terms(x, self.k, target)  # (k, batch) each
         log_w = log_px + log_ratio
         bound = iw_bound(log_w).mean()
         loss = -iw_bound(log_px + self.kl_weight() * log_ratio).mean()

@@ -98,24 +98,17 @@ class TwoLayerVAE(VAE):
 
     def weight_terms(
         self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """log p(x|z1), r1 = log p(z1|z2) - log q(z1|x) and r2 = log p(z2) - log q(z2|z1) for
-        `samples` draws (z1, z2) ~ q per image: the parts of log w, each (samples, batch)."""
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """log p(x|z1), and r1 = log p(z1|z2) - log q(z1|x) and r2 = log p(z2) - log q(z2|z1) for
+        `samples` draws (z1, z2) ~ q per image: the parts of log w (the VAE's
+        `log_importance_weights` adds them), each (samples, batch)."""
         mu1, logvar1 = self.posterior(x)
         z1, log_q1 = reparameterize(mu1, logvar1, samples)
         z2, log_q2 = reparameterize(*self.up(z1))
         logits = self.net.decoder(z1.flatten(0, 1)).unflatten(0, z1.shape[:2])
         log_px = self.log_likelihood(logits, x if target is None else target)
         log_ratio_1 = gaussian_log_density(z1, *self.down(z2)) - log_q1
-        return log_px, log_ratio_1, self.log_prior(z2) - log_q2
-
-    def log_importance_weights(
-        self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """log w_i = log p(x|z1) + log p(z1|z2) + log p(z2) - log q(z1|x) - log q(z2|z1) for
-        `samples` draws (z1, z2) ~ q per image: shape (samples, batch)."""
-        log_px, log_ratio_1, log_ratio_2 = self.weight_terms(x, samples, target)
-        return log_px + (log_ratio_1 + log_ratio_2)
+        return log_px, (log_ratio_1, self.log_prior(z2) - log_q2)
 
     def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The mean of q(z1|x) and the mean of q(z2|z1) at z1's mean (no draw), for counting
@@ -136,7 +129,7 @@ class TwoLayerVAE(VAE):
         return self.decode(mu1 + torch.exp(0.5 * logvar1) * eps)
 
     def loss_terms(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        log_px, log_ratio_1, log_ratio_2 = self.weight_terms(x, self.k, target)  # (k, batch)
+        log_px, (log_ratio_1, log_ratio_2) = self.weight_terms(x, self.k, target)  # (k, batch)
         log_ratio = log_ratio_1 + log_ratio_2
         log_w, tempered = log_px + log_ratio, log_px + self.kl_weight() * log_ratio
         elbo, bound = log_w.mean(), iw_bound(log_w).mean()

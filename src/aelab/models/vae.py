@@ -102,14 +102,22 @@ class VAE(AutoencoderModule):
         shape (samples, batch): the terms of the importance-weighted bound (Burda et al., 2016),
         whose logsumexp minus log K estimates log p(x) (`aelab.evaluation.likelihood`).
         `target`: the images scored by p(.|z_k) when they differ from the input (denoising)."""
+        log_px, log_ratios = self.weight_terms(x, samples, target)
+        return log_px + sum(log_ratios)
+
+    def weight_terms(
+        self, x: torch.Tensor, samples: int, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The parts of log w_k, each (samples, batch): log p(x|z_k), and per stochastic layer
+        log p(z) - log q(z|.) (here one: log p(z_k) - log q(z_k|x)), which a warm-up weighs
+        apart and whose means are the layers' sampled KLs."""
         mu, logvar = self.posterior(x)
-        std = torch.exp(0.5 * logvar)
         eps = torch.randn(samples, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z = mu + std * eps  # (K, B, D)
+        z = mu + torch.exp(0.5 * logvar) * eps  # (K, B, D)
         logits = self.net.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
         log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(-1)
-        scored = x if target is None else target
-        return self.log_likelihood(logits, scored) + self.log_prior(z) - log_q
+        log_px = self.log_likelihood(logits, x if target is None else target)
+        return log_px, (self.log_prior(z) - log_q,)
 
     def neg_log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) summed over pixels and the batch, in nats."""
