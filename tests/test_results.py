@@ -99,6 +99,23 @@ def test_the_section_says_what_was_measured_and_what_was_switched_off():
     assert off == "No `nll_iw` (iw_samples=0). No sample metrics (sample_count=0)."
 
 
+def test_the_table_says_which_rows_share_a_feature_classifier():
+    import pandas as pd
+
+    from aelab.results import classifier_note
+
+    accuracy = {"vae": 0.9849, "iwae": None, "wae": 0.9879, "vqvae": 0.9849}
+    data = pd.DataFrame({"row": list(accuracy), "test/classifier_acc_mean": accuracy.values()})
+    assert classifier_note(data) == (
+        "\n\nThe feature classifiers' own test accuracies: 98.49% (`vae`, `vqvae`); 98.79% "
+        "(`wae`). The rows were measured with different classifiers (trained in different "
+        "sittings): compare their sample metrics only within one classifier's rows."
+    )
+    one = data[data["row"] != "wae"]
+    assert classifier_note(one) == "\n\nThe feature classifier's own test accuracy: 98.49%."
+    assert classifier_note(pd.DataFrame({"row": ["ae"]})) == ""
+
+
 def test_results_command_names_the_rows_of_its_table(tmp_path):
     result = run_python("-m", "aelab.results", "table=families", "only=[vae,iwea_k5]")
     assert result.returncode == 1

@@ -190,13 +190,27 @@ def table(cfg: DictConfig, data: "pd.DataFrame") -> str:
     baseline = cfg.table.get("baseline")
     for metric in cfg.table.compare if baseline is not None else ():
         shown = shown.assign(**comparison_cells(data, metric, HEADINGS[metric], f"`{baseline}`"))
-    accuracy = data.get("test/classifier_acc_mean", pd.Series()).dropna()
-    note = (
-        f"\n\nThe feature classifier's own test accuracy: {accuracy.iloc[0]:.2%}."
-        if len(accuracy)
-        else ""
+    return markdown(shown, right=list(shown.columns[1:])) + classifier_note(data)
+
+
+def classifier_note(data: "pd.DataFrame") -> str:
+    """The feature classifier's test accuracy under the table; where rows were measured with
+    different classifiers (trained in different sittings), each one's rows, since Fréchet
+    distances and precision/recall compare only within one classifier's rows."""
+    import pandas as pd
+
+    rows: dict[str, list[str]] = {}
+    for row, accuracy in zip(data["row"], data.get("test/classifier_acc_mean", []), strict=False):
+        if pd.notna(accuracy):
+            rows.setdefault(f"{accuracy:.2%}", []).append(f"`{row}`")
+    if len(rows) < 2:
+        return "".join(f"\n\nThe feature classifier's own test accuracy: {a}." for a in rows)
+    listed = "; ".join(f"{accuracy} ({', '.join(names)})" for accuracy, names in rows.items())
+    return (
+        f"\n\nThe feature classifiers' own test accuracies: {listed}. The rows were measured "
+        "with different classifiers (trained in different sittings): compare their sample "
+        "metrics only within one classifier's rows."
     )
-    return markdown(shown, right=list(shown.columns[1:])) + note
 
 
 def cells(summary: "pd.Series", columns: list[tuple[str, str]]) -> list[str]:
