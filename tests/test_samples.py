@@ -82,11 +82,25 @@ def pool():
 def features(pool, tmp_path_factory):
     train, test = pool
     cache = tmp_path_factory.mktemp("cache")
-    # its initial weights and batch order from a fixed seed, not from whatever the tests that ran
-    # before on this worker left in the global RNG (0.898 against 0.9 in one CI order)
-    torch.manual_seed(0)
     model, accuracy = feature_classifier(train, test, cache, "synthetic", Recipe(epochs=2), "cpu")
     return model, accuracy, cache
+
+
+def test_the_classifier_is_the_recipes_whatever_ran_before(pool, features, tmp_path):
+    """Its initial weights, batch order and dropout come from the recipe's seed, not from the
+    global random state that the evaluation left before it (its initial weights did: two
+    sittings trained the same recipe to 98.49% and 98.79% on MNIST, and the Fréchet distances
+    of their rows did not compare)."""
+    train, test = pool
+    model, accuracy, _ = features
+    torch.manual_seed(12345)
+    torch.rand(7)
+    again, again_accuracy = feature_classifier(
+        train, test, tmp_path, "synthetic", Recipe(epochs=2), "cpu"
+    )
+    assert again_accuracy == accuracy
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_the_classifier_is_trained_once_and_cached(pool, features, monkeypatch):

@@ -40,7 +40,7 @@ class Recipe:
     features: int = 128
     seed: int = 0
     dropout: float = 0.25
-    version: int = 2  # bumped when the network or the training loop changes
+    version: int = 3  # bumped when the network or the training changes (3: seeded initial weights)
 
 
 class FeatureClassifier(L.LightningModule):
@@ -143,9 +143,11 @@ def feature_classifier(
     classes = int(train.labels.max()) + 1
     channels, height, width = train.images.shape[1:]
     image_shape = (channels, height, width)
-    model = FeatureClassifier(
-        image_shape, classes, recipe.width, recipe.features, recipe.lr, recipe.dropout
-    )
+    with torch.random.fork_rng():  # the recipe's initial weights, whatever ran before
+        torch.manual_seed(recipe.seed)
+        model = FeatureClassifier(
+            image_shape, classes, recipe.width, recipe.features, recipe.lr, recipe.dropout
+        )
     path = (
         Path(cache_dir)
         / "classifiers"
