@@ -57,7 +57,8 @@ def test_a_wheel_installed_without_e_trains_from_an_unrelated_folder(data_dir, t
     (wheel,) = wheels.glob("aelab-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = REPO / "configs"
-    assert {f"aelab/configs/{path.relative_to(configs)}" for path in configs.rglob("*.yaml")} <= names
+    shipped = {f"aelab/configs/{path.relative_to(configs)}" for path in configs.rglob("*.yaml")}
+    assert shipped <= names
     # Hydra finds the Optuna sweeper and the launcher only in its own namespace
     assert {
         "hydra_plugins/aelab_plugins/sweeper.py",
