@@ -153,7 +153,7 @@ def run_sweep_job(
         what = str(err).removesuffix(f"; {RESUME_HINT}")
         log.error(f"job {record['job']} ({record['overrides']}) {what}")
         raise Interrupted(
-            f"job {record['job']} {what}; the sweep stops here: rerun the same command to "
+            f"job {record['job']}: {what}; the sweep stops here: rerun the same command to "
             "resume this job and run the rest"
         ) from err
     except Exception as err:
