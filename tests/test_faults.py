@@ -231,6 +231,8 @@ def test_sigterm_stops_a_sweep_and_each_rerun_resumes_the_interrupted_job(data_d
     first = run_train(*args, env=env)
     assert first.returncode == 1
     assert f"stopped by SIGTERM at step {STEP}" in first.stderr
+    # one line, not Hydra's traceback of the job's exception
+    assert_one_line(first.stderr, "job 0: stopped by SIGTERM", "rerun the same command")
     assert "job 1 not started: this sweep was asked to stop" in first.stdout + first.stderr
     for job in "01":
         assert not (sweep / job / "result.json").exists()
@@ -265,6 +267,7 @@ def test_sigterm_stops_a_sweep_of_job_processes_sent_to_a_job_or_to_the_sweep(da
     env = signal_env(tmp_path)
     first = run_train(*args, *signal_args("SIGTERM"), env=env)  # job 0 is sent SIGTERM
     assert first.returncode == 1
+    assert_one_line(first.stderr, f"job 0: stopped by SIGTERM at step {STEP}")
     log = first.stdout + first.stderr
     assert f"stopped by SIGTERM at step {STEP}" in log
     assert "job 1 not started: this sweep was asked to stop" in log
@@ -275,6 +278,7 @@ def test_sigterm_stops_a_sweep_of_job_processes_sent_to_a_job_or_to_the_sweep(da
     # job 0 resumes past the signal's step and finishes; at job 1's, the sweep is sent SIGTERM
     second = run_train(*args, *signal_args("SIGTERM", to="parent"), env=env)
     assert second.returncode == 1
+    assert_one_line(second.stderr, "job 1", "stopped by SIGTERM")
     log = second.stdout + second.stderr
     assert "job 0 was interrupted: resuming from its newest checkpoint" in log
     assert "SIGTERM: the running jobs stop after a checkpoint" in log

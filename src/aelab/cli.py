@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from aelab.config import prepare_hydra, writable_dir_error
+from aelab.errors import SweepStopped
 
 
 def register_plugins() -> None:
@@ -32,7 +33,8 @@ def run_app(hydra_main: Callable[[], object]) -> None:
     """What every entry point does: register the resolvers and plugins, then run the module's
     `@hydra.main` function (kept in each module: Hydra names the job after it).
 
-    A command line that does not compose is one line: a mistyped key (`model.latnt_dim=3`)
+    A sweep stopped by SIGTERM is one line too (`SweepStopped`, which Hydra lets through). A
+    command line that does not compose is one line: a mistyped key (`model.latnt_dim=3`)
     names the key it is closest to, where Hydra advises adding it with `+` (which only moves the
     error: a key that is set and unused is refused). Hydra hands composition errors to the caller
     while HYDRA_FULL_ERROR is set; it is set here until the run starts (`CheckOutputDir`), unless
@@ -48,6 +50,9 @@ def run_app(hydra_main: Callable[[], object]) -> None:
         hydra_main()
     except CompactHydraException as err:
         print(composition_error(err), file=sys.stderr)
+        raise SystemExit(1) from None
+    except SweepStopped as stop:
+        print(f"error: {stop}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
         composed()

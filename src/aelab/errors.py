@@ -26,6 +26,15 @@ class Interrupted(AelabError):
     """SIGTERM (a preempted job) stopped training after a checkpoint was written."""
 
 
+RESUME_HINT = "resume with ckpt_path=last"  # how a single run goes on after `Interrupted`
+
+
+class SweepStopped(BaseException):
+    """A job of a sweep was stopped by SIGTERM. Not an Exception: Hydra's sweepers raise a failed
+    job's exception at the end, and one that is an Exception becomes Hydra's traceback; this one
+    passes through to the entry point (`aelab.cli.run_app`), which says it in one line."""
+
+
 class WriteFailed(AelabError):
     """A checkpoint could not be written (names the path and the cause; the previous one stays)."""
 

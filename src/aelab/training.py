@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aelab import runfolder, speedups
 from aelab.data import ImageDataModule
-from aelab.errors import ConfigError, Interrupted
+from aelab.errors import RESUME_HINT, ConfigError, Interrupted
 from aelab.loggers.hparams import compared_hparams
 from aelab.loggers.runs import closing, log_final_metrics, log_run_start
 from aelab.quiet import quiet_third_parties
@@ -122,7 +122,7 @@ def fit(
     except SIGTERMException:
         raise Interrupted(
             f"stopped by SIGTERM at step {trainer.global_step}, after saving "
-            f"{runfolder.checkpoints(cfg)}; resume with ckpt_path=last"
+            f"{runfolder.checkpoints(cfg)}; {RESUME_HINT}"
         ) from None
 
 

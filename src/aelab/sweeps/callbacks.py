@@ -1,14 +1,16 @@
-"""The Hydra callback that ends every multirun with its table (`aelab.sweeps.table`) and
-its summary over seeds (`aelab.sweeps.summary`)."""
+"""The Hydra callbacks of every multirun: its table (`aelab.sweeps.table`) and summary over
+seeds (`aelab.sweeps.summary`) at the end, and a stopped job's one-line report."""
 
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from aelab.errors import ConfigError
+from aelab.errors import ConfigError, Interrupted, SweepStopped
+from aelab.sweeps.jobs import job_error
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +43,15 @@ class ResultsTable(Callback):
         except ConfigError as err:  # the jobs have run: keep their summary, say what was wrong
             log.error(f"hydra.callbacks.results_table.{err}; the summary has no comparison")
             write_summary(sweep_dir, records)
+
+
+class SweepStop(Callback):
+    """Hydra callback: a job stopped by SIGTERM (`Interrupted`) hands its sweeper a
+    `SweepStopped` instead, which Hydra's sweepers raise at the sweep's end as they raise any
+    failed job's exception, but which their error report (for an Exception: a traceback) lets
+    through to the entry point: the sweep ends in one `error:` line."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        err = job_error(job_return)
+        if isinstance(err, Interrupted):
+            job_return.return_value = SweepStopped(str(err))

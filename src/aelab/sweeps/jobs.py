@@ -11,7 +11,9 @@ its record returns the recorded value without training again, and a job that was
 goes on from its newest checkpoint.
 """
 
+import contextlib
 import gc
+import io
 import json
 import logging
 import math
@@ -23,10 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from aelab.config import newest_checkpoint
-from aelab.errors import AelabError, ConfigError, Interrupted, root_cause
+from aelab.errors import RESUME_HINT, AelabError, ConfigError, Interrupted, root_cause
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
@@ -88,6 +91,19 @@ def not_started(job: int) -> Interrupted:
     return Interrupted(message)
 
 
+def job_error(ret: JobReturn) -> BaseException | None:
+    """The exception that a failed job raised (None for a finished one), read without the line
+    that Hydra's `return_value` prints on the way."""
+    if ret.status is not JobStatus.FAILED:
+        return None
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            ret.return_value  # noqa: B018 (raises the job's exception)
+        except BaseException as err:
+            return err
+    return None
+
+
 def is_pruned(err: BaseException) -> bool:
     """Whether a job stopped because its trial was pruned (Optuna is imported only by then)."""
     optuna = sys.modules.get("optuna")
@@ -134,11 +150,12 @@ def run_sweep_job(
         # rerun resumes it from its checkpoint, and the jobs after it in this process do not
         # start (Hydra's launcher would run them)
         STOP_ASKED.set()
-        log.error(
-            f"job {record['job']} ({record['overrides']}) {err}; the sweep stops here: rerun "
-            "the same command to resume this job and run the rest"
-        )
-        raise
+        what = str(err).removesuffix(f"; {RESUME_HINT}")
+        log.error(f"job {record['job']} ({record['overrides']}) {what}")
+        raise Interrupted(
+            f"job {record['job']}: {what}; the sweep stops here: rerun the same command to "
+            "resume this job and run the rest"
+        ) from err
     except Exception as err:
         status = "pruned" if is_pruned(err) else "failed"
         record |= {"status": status, "metrics": {}, "error": one_line(err)}

@@ -37,8 +37,14 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from aelab.errors import ConfigError, Interrupted
-from aelab.sweeps.jobs import killed_record, not_started, recorded_value, write_record
+from aelab.errors import ConfigError, Interrupted, SweepStopped
+from aelab.sweeps.jobs import (
+    job_error,
+    killed_record,
+    not_started,
+    recorded_value,
+    write_record,
+)
 
 log = logging.getLogger(__name__)
 # hydra-joblib-launcher's schema, which Hydra merges into `hydra/launcher=joblib` when that
@@ -181,7 +187,8 @@ class ProcessLauncher(Launcher):
         """Run job `idx` in a new process and wait for it; a process that dies without an
         answer (killed) becomes a failed job, recorded in its folder."""
         if self.stopping.is_set():
-            return self.job_return(idx, overrides, JobStatus.FAILED, not_started(idx))
+            stop = SweepStopped(str(not_started(idx)))
+            return self.job_return(idx, overrides, JobStatus.FAILED, stop)
         log.info(f"\t#{idx} : {' '.join(overrides)}")
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
@@ -215,7 +222,7 @@ class ProcessLauncher(Launcher):
         if exitcode == -signal.SIGTERM:  # stopped before its own handler was in place
             self.stopping.set()
             message = f"job {idx} stopped by SIGTERM before training; rerun to run it"
-            return self.job_return(idx, overrides, JobStatus.FAILED, Interrupted(message))
+            return self.job_return(idx, overrides, JobStatus.FAILED, SweepStopped(message))
         sweep_config = job_config(self.hydra_context, self.config, idx, overrides)
         record = killed_record(
             idx, list(sweep_config.hydra.overrides.task), exitcode, time.perf_counter() - start
@@ -254,13 +261,6 @@ def job_folder(sweep_config: DictConfig) -> Path:
 
 
 def stopped(ret: JobReturn) -> bool:
-    """Whether the job was stopped by SIGTERM (Hydra raises a failed job's exception)."""
-    if ret.status is not JobStatus.FAILED:
-        return False
-    try:
-        ret.return_value  # noqa: B018 (raises the job's exception)
-    except Interrupted:
-        return True
-    except Exception:
-        return False
-    return False
+    """Whether the job was stopped by SIGTERM (`aelab.sweeps.callbacks.SweepStop` makes its
+    Interrupted a SweepStopped; a config without that callback leaves it)."""
+    return isinstance(job_error(ret), Interrupted | SweepStopped)
