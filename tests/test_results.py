@@ -12,6 +12,8 @@ import yaml
 from conftest import VAL_SIZE, output_of, run_python, start_python
 from omegaconf import OmegaConf
 
+from aelab.config import CONFIG_DIR
+
 
 @pytest.mark.slow
 def test_results_command_writes_its_table_and_a_rerun_redoes_nothing(data_dir, tmp_path):
@@ -130,7 +132,7 @@ def test_results_command_names_the_rows_of_its_table(tmp_path):
     )
 
 
-@pytest.mark.parametrize("name", ["models", "families", "disentanglement"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "table").glob("*.yaml")))
 def test_every_row_of_every_table_composes_into_its_model(name):
     from hydra import compose, initialize_config_module
 
@@ -255,3 +257,15 @@ def test_the_list_overrides_shown_in_the_results_config_parse_as_written():
         cfg = compose("results", overrides=shown)
     assert list(cfg.train_overrides) == ["trainer=gpu"]
     assert cfg.eval_overrides[0].startswith("sample_metrics.inception_weights=")
+
+
+def test_the_five_seed_table_asks_the_families_question_of_the_same_rows():
+    """table=two_layers repeats two rows of table=families with more seeds: the same runs."""
+    families, two_layers = (
+        OmegaConf.load(CONFIG_DIR / "table" / f"{name}.yaml") for name in ("families", "two_layers")
+    )
+    assert two_layers.baseline == families.baseline == "vae"
+    assert set(two_layers.rows) == {"vae", "two_layer_vae"}
+    for row, overrides in two_layers.rows.items():
+        assert overrides == families.rows[row], row
+    assert two_layers.common == families.common and two_layers.datasets == families.datasets
