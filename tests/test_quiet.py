@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 from functools import partial
+from types import SimpleNamespace
 
 import lightning  # noqa: F401  (sets its loggers' levels on import, as in a run)
 import pytest
@@ -130,3 +131,19 @@ def test_progress_bar_logs_a_line_per_epoch_where_it_cannot_draw(
     val_loss = float(trainer.callback_metrics["val/loss"])  # epoch 1's, the last validation
     assert f"val/loss {val_loss:.5g}" in lines[1]
     assert f"train/loss {float(trainer.callback_metrics['train/loss']):.5g}" in lines[2]
+
+
+def test_an_epoch_resumed_after_its_last_step_has_no_time_to_report():
+    """Resumed from a checkpoint written after an epoch's last step, Lightning ends that epoch
+    without starting it: the line says so, not the seconds since the machine booted."""
+    trainer = SimpleNamespace(
+        current_epoch=0, max_epochs=30, callback_metrics={"train/loss": torch.tensor(1.5)}
+    )
+    bar = ProgressBar()
+    line = bar.epoch_summary(trainer)
+    assert line == "Epoch 1/30: resumed after its last step; train/loss 1.5", line
+    # the next epoch, begun without its start hook, is timed from its first batch
+    bar.on_train_batch_start(trainer, None, None, 0)
+    bar._steps = 550
+    trainer.current_epoch = 1
+    assert bar.epoch_summary(trainer).startswith("Epoch 2/30: 550 steps in 0.0 s;")

@@ -35,7 +35,7 @@ class ProgressBar(RichProgressBar):
     def __init__(self, refresh_rate: int = 2, **kwargs) -> None:
         super().__init__(refresh_rate=refresh_rate, **kwargs)
         self._last_shown = float("-inf")
-        self._epoch_start = 0.0
+        self._epoch_start: float | None = None  # None: this process resumed past the start
         self._validated = False
         self._steps = 0
 
@@ -47,6 +47,13 @@ class ProgressBar(RichProgressBar):
             if name.startswith(f"{TRAIN}/"):
                 shown[name] = value.item()
         return shown
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self._epoch_start is None:  # a resumed run whose epoch began without its start hook
+            self._epoch_start = time.monotonic()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
@@ -78,19 +85,26 @@ class ProgressBar(RichProgressBar):
         super().on_train_epoch_end(trainer, pl_module)
         if self.is_enabled and not sys.stdout.isatty():
             log.info(self.epoch_summary(trainer))
+        self._epoch_start, self._steps = None, 0
 
     def epoch_summary(self, trainer: L.Trainer) -> str:
         """`Epoch 4/10: 430 steps in 2.9 s; train/loss 110.79, ..., val/loss 106.86, ...`:
         the epoch's last logged training values and, if it validated, its validation means (not
-        an earlier epoch's)."""
-        seconds = time.monotonic() - self._epoch_start
+        an earlier epoch's). A run resumed from a checkpoint written after an epoch's last step
+        (SIGTERM there) ends that epoch without starting it (no count or time to give) and, in
+        Lightning 2.6, starts the next one without its start hook (timed from its first batch)."""
+        took = (
+            f"{self._steps} steps in {time.monotonic() - self._epoch_start:.1f} s"
+            if self._epoch_start is not None
+            else "resumed after its last step"
+        )
         stages = (f"{TRAIN}/", f"{VAL}/") if self._validated else (f"{TRAIN}/",)
         metrics = ", ".join(
             f"{name} {float(value):.5g}"
             for name, value in sorted(trainer.callback_metrics.items())
             if name.startswith(stages)
         )
-        return f"{epoch_label(trainer)}: {self._steps} steps in {seconds:.1f} s; {metrics}"
+        return f"{epoch_label(trainer)}: {took}; {metrics}"
 
 
 def epoch_label(trainer: L.Trainer) -> str:
