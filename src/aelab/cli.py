@@ -3,17 +3,19 @@ plugins registered, composition errors in one line, the output folder checked. O
 OmegaConf are imported here, so that `--help` answers at once."""
 
 import difflib
+import functools
 import os
 import sys
 from collections.abc import Callable
 
+import hydra
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from aelab.config import prepare_hydra, writable_dir_error
-from aelab.errors import SweepStopped
+from aelab.config import CONFIG_MODULE, prepare_hydra, writable_dir_error
+from aelab.errors import SweepStopped, report_user_errors
 
 
 def register_plugins() -> None:
@@ -56,6 +58,21 @@ def run_app(hydra_main: Callable[[], object]) -> None:
         raise SystemExit(1) from None
     finally:
         composed()
+
+
+def command(config_name: str, task: Callable[[DictConfig], object]) -> Callable[[], None]:
+    """The console-script entry point that runs `task` on the composed `config_name`, a user's
+    error in one line (`report_user_errors`), through `run_app`. `functools.wraps` keeps the
+    task's module on the function Hydra is given: Hydra names the job (and its log file) after
+    it."""
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name=config_name)
+    @functools.wraps(task)
+    def hydra_main(cfg: DictConfig) -> None:
+        with report_user_errors():
+            task(cfg)
+
+    return functools.partial(run_app, hydra_main)
 
 
 _FULL_ERROR_SET_HERE: set[bool] = set()  # {True} while run_app's HYDRA_FULL_ERROR is set

@@ -32,12 +32,10 @@ import time
 from pathlib import Path
 from typing import cast
 
-import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from aelab.cli import run_app
-from aelab.config import CONFIG_MODULE
-from aelab.errors import ConfigError, report_user_errors
+from aelab.cli import command
+from aelab.errors import ConfigError
 from aelab.quiet import quiet_third_parties
 from aelab.validation import check_run_or_checkpoint
 
@@ -341,18 +339,15 @@ def protocol_line(cfg: DictConfig) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="eval")
-def _hydra_main(cfg: DictConfig) -> None:
-    with report_user_errors():
-        if isinstance(cfg.ckpt_path, ListConfig) or Path(cfg.ckpt_path).is_dir():
-            evaluate_all(cfg)
-        else:
-            evaluate(cfg)
+def evaluate_any(cfg: DictConfig) -> None:
+    """`evaluate_all` for a list of checkpoints or a run or sweep folder, else `evaluate`."""
+    if isinstance(cfg.ckpt_path, ListConfig) or Path(cfg.ckpt_path).is_dir():
+        evaluate_all(cfg)
+    else:
+        evaluate(cfg)
 
 
-def main() -> None:
-    """Console-script entry point (`aelab-eval`, `python -m aelab.eval`)."""
-    run_app(_hydra_main)
+main = command("eval", evaluate_any)  # `aelab-eval`, `python -m aelab.eval`
 
 
 if __name__ == "__main__":

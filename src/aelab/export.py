@@ -18,12 +18,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from aelab.cli import run_app
-from aelab.config import CONFIG_MODULE
-from aelab.errors import ConfigError, report_user_errors
+from aelab.cli import command
+from aelab.errors import ConfigError
 from aelab.validation import check_run_or_checkpoint
 
 if TYPE_CHECKING:
@@ -133,15 +131,7 @@ def export(cfg: DictConfig) -> list[Path]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="export")
-def _hydra_main(cfg: DictConfig) -> None:
-    with report_user_errors():
-        export(cfg)
-
-
-def main() -> None:
-    """Console-script entry point (`aelab-export`, `python -m aelab.export`)."""
-    run_app(_hydra_main)
+main = command("export", export)  # `aelab-export`, `python -m aelab.export`
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ with `num_reconstructions=0 num_interpolations=0 traversals.steps=0` no data is 
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from aelab.cli import run_app
-from aelab.config import CONFIG_MODULE
-from aelab.errors import ConfigError, report_user_errors
+from aelab.cli import command
+from aelab.errors import ConfigError
 from aelab.validation import check_run_or_checkpoint
 
 log = logging.getLogger(__name__)
@@ -109,15 +107,7 @@ def traversal_pictures(cfg: DictConfig, model, datamodule, out: Path) -> list[Pa
     return [out / "traversals.png", out / "mutual_information.png"]
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="generate")
-def _hydra_main(cfg: DictConfig) -> None:
-    with report_user_errors():
-        generate(cfg)
-
-
-def main() -> None:
-    """Console-script entry point (`aelab-generate`, `python -m aelab.generate`)."""
-    run_app(_hydra_main)
+main = command("generate", generate)  # `aelab-generate`, `python -m aelab.generate`
 
 
 if __name__ == "__main__":

@@ -23,12 +23,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
 from omegaconf import DictConfig
 
-from aelab.cli import run_app
-from aelab.config import CONFIG_MODULE
-from aelab.errors import AelabError, ConfigError, Interrupted, report_user_errors
+from aelab.cli import command
+from aelab.errors import AelabError, ConfigError, Interrupted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -450,8 +448,8 @@ def results(cfg: DictConfig) -> Path:
         return output
     for dataset in cfg.table.datasets:  # one failure does not stop the others
         for row in rows:
-            for step, command in (("training", train_command), ("evaluation", eval_command)):
-                if run_step(command(cfg, dataset, row)) != 0:
+            for step, make_command in (("training", train_command), ("evaluation", eval_command)):
+                if run_step(make_command(cfg, dataset, row)) != 0:
                     failed.append(f"the {step} of {row} on {dataset}")
                     break
             output = write_results(cfg, command_line)  # after each row: a stop keeps the rest
@@ -463,15 +461,7 @@ def results(cfg: DictConfig) -> Path:
     return output
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="results")
-def _hydra_main(cfg: DictConfig) -> None:
-    with report_user_errors():
-        results(cfg)
-
-
-def main() -> None:
-    """Console-script entry point (`aelab-results`, `python -m aelab.results`)."""
-    run_app(_hydra_main)
+main = command("results", results)  # `aelab-results`, `python -m aelab.results`
 
 
 if __name__ == "__main__":
