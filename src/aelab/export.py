@@ -39,26 +39,18 @@ def halves(model: "AutoencoderModule") -> dict[str, tuple["torch.nn.Module", "to
     input."""
     import torch
 
-    class Encoder(torch.nn.Module):
-        def __init__(self) -> None:
+    class Half(torch.nn.Module):
+        def __init__(self, method: str) -> None:
             super().__init__()
-            self.model = model
+            self.model, self.method = model, method
 
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return self.model.encode(images)
-
-    class Decoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, codes: torch.Tensor) -> torch.Tensor:
-            return self.model.decode(codes)
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            return getattr(self.model, self.method)(inputs)
 
     image_shape = tuple(model.hparams["image_shape"])
     images = torch.rand(EXAMPLE_BATCH, *image_shape)
     codes = torch.randn(EXAMPLE_BATCH, model.latent_dim)
-    return {"encoder": (Encoder().eval(), images), "decoder": (Decoder().eval(), codes)}
+    return {"encoder": (Half("encode").eval(), images), "decoder": (Half("decode").eval(), codes)}
 
 
 def export_module(
@@ -73,7 +65,7 @@ def export_module(
     import torch
 
     batch = torch.export.Dim("batch")
-    dynamic = {names[0]: {0: batch}}
+    dynamic = ({0: batch},)  # by position: the free batch size of the one input
     if fmt == "exported":
         program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
         torch.export.save(program, path)
