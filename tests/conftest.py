@@ -288,9 +288,14 @@ MLP32 = {"_target_": "aelab.nets.MLP", "hidden_dims": [32]}
 
 
 def quick_fit(
-    model: "L.LightningModule", data_dir: Path, batch_size: int = 64, **trainer_kwargs
+    model: "L.LightningModule",
+    data_dir: Path,
+    batch_size: int = 64,
+    ckpt_path: Path | None = None,
+    **trainer_kwargs,
 ) -> "L.Trainer":
-    """One short epoch on the synthetic MNIST; `trainer_kwargs` override the defaults."""
+    """One short epoch on the synthetic MNIST (resumed from `ckpt_path` if given);
+    `trainer_kwargs` override the defaults."""
     import lightning as L
 
     from aelab.data import ImageDataModule
@@ -309,7 +314,7 @@ def quick_fit(
         use_distributed_sampler=False,
         **(defaults | trainer_kwargs),
     )
-    trainer.fit(model, dm)
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
     return trainer
 
 

@@ -51,9 +51,9 @@ class ProgressBar(RichProgressBar):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
     ) -> None:
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         if self._epoch_start is None:  # a resumed run whose epoch began without its start hook
-            self._epoch_start = time.monotonic()
+            self.on_train_epoch_start(trainer, pl_module)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
@@ -92,7 +92,8 @@ class ProgressBar(RichProgressBar):
         the epoch's last logged training values and, if it validated, its validation means (not
         an earlier epoch's). A run resumed from a checkpoint written after an epoch's last step
         (SIGTERM there) ends that epoch without starting it (no count or time to give) and, in
-        Lightning 2.6, starts the next one without its start hook (timed from its first batch)."""
+        Lightning 2.6, starts the next one without its start hook (started at its first batch,
+        which also gives Rich's bar this label, not Lightning's `Epoch 1/1`)."""
         took = (
             f"{self._steps} steps in {time.monotonic() - self._epoch_start:.1f} s"
             if self._epoch_start is not None
