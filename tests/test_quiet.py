@@ -136,10 +136,9 @@ def test_progress_bar_logs_a_line_per_epoch_where_it_cannot_draw(
 @pytest.mark.parametrize("terminal", [True, False])
 def test_a_run_resumed_after_an_epochs_last_step(terminal, data_dir, tmp_path, monkeypatch, caplog):
     """Resumed from a checkpoint written after an epoch's last step (SIGTERM during that step),
-    Lightning ends that epoch without starting it and starts the next one without
-    `on_train_epoch_start`. The log line says so, not the seconds since the machine booted; the
-    next epoch is timed from its first batch, and in a terminal the bar shows it labelled as
-    every other epoch."""
+    Lightning starts the next epoch without `on_train_epoch_start`: its log line is timed from its
+    first batch (not the seconds since the machine booted), and in a terminal the bar shows it
+    labelled as every other epoch."""
 
     class SaveAtLastStep(lightning.Callback):  # as SIGTERM during that step does
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
