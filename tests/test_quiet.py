@@ -170,7 +170,7 @@ def test_a_run_resumed_after_an_epochs_last_step(terminal, data_dir, tmp_path, m
         return
     assert len(lines) == 1 and lines[0].startswith("Epoch 2/2: 4 steps in "), lines
     took = float(lines[0].removeprefix("Epoch 2/2: 4 steps in ").split(" s;")[0])
-    assert 0 < took < 60, lines  # not the seconds since the machine booted
+    assert 0 <= took < 60, lines  # not the seconds since the machine booted (a fast epoch: 0.0)
 
 
 def test_an_epoch_ended_but_not_started_after_a_resume_says_so():
