@@ -291,15 +291,21 @@ def test_a_sweep_folder_of_another_sweep_is_refused(tmp_path, monkeypatch):
     from aelab.sweeps import jobs
 
     (tmp_path / "0").mkdir()
-    jobs.write_record(tmp_path / "0", {"job": 0, "overrides": "model=ae", "status": "ok"})
+    there = "model=ae paths.data_dir=/data seed=1"
+    jobs.write_record(tmp_path / "0", {"job": 0, "overrides": there, "status": "ok"})
     job = SimpleNamespace(
         job=SimpleNamespace(num=0),
-        overrides=SimpleNamespace(task=["model=vae"]),
+        overrides=SimpleNamespace(task=["model=ae", "seed=1", "paths.data_dir='../data'", "+x=1"]),
         runtime=SimpleNamespace(output_dir=str(tmp_path / "0")),
     )
     monkeypatch.setattr(jobs.HydraConfig, "get", staticmethod(lambda: job))
-    with pytest.raises(ConfigError, match=r"holds another sweep: its job 0 ran 'model=ae'"):
+    with pytest.raises(ConfigError) as refused:
         jobs.run_sweep_job(OmegaConf.create({}), lambda cfg: {}, lambda cfg, m: None)
+    assert str(refused.value).endswith(
+        f"holds another sweep: its job 0 ran {there!r}, this one differs in paths.data_dir "
+        "('/data' there, '../data' here); +x ('unset' there, '1' here); give a new "
+        "hydra.sweep.dir, or that sweep's values to resume it"
+    )
 
 
 def _open_study(folder: str, results) -> None:

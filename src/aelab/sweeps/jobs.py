@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import math
+import shlex
 import signal
 import sys
 import threading
@@ -110,6 +111,27 @@ def is_pruned(err: BaseException) -> bool:
     return optuna is not None and isinstance(err, optuna.TrialPruned)
 
 
+def differences(there: str, here: str) -> str:
+    """Where two jobs' overrides differ, key by key: a folder spelled another way
+    (`paths.data_dir`) is as plain as another model."""
+    a, b = by_key(there), by_key(here)
+    keys = [*a, *(key for key in b if key not in a)]
+    return "; ".join(
+        f"{key} ({a.get(key, 'unset')!r} there, {b.get(key, 'unset')!r} here)"
+        for key in keys
+        if a.get(key) != b.get(key)
+    )
+
+
+def by_key(overrides: str) -> dict[str, str]:
+    """A job's overrides (as its record keeps them: one line) by key, values unquoted."""
+    try:
+        words = shlex.split(overrides)
+    except ValueError:  # an unbalanced quote: compare the words as they are
+        words = overrides.split()
+    return dict(word.partition("=")[::2] for word in words)
+
+
 def run_sweep_job(
     cfg: DictConfig,
     fit_and_test: Callable[[DictConfig], dict[str, float]],
@@ -124,8 +146,9 @@ def run_sweep_job(
         if done["overrides"] != record["overrides"]:
             raise ConfigError(
                 f"hydra.sweep.dir={str(job_dir.parent)!r} holds another sweep: its job "
-                f"{done['job']} ran {done['overrides']!r}, this one's is "
-                f"{record['overrides']!r}; give a new hydra.sweep.dir"
+                f"{done['job']} ran {done['overrides']!r}, this one differs in "
+                f"{differences(done['overrides'], str(record['overrides']))}; give a new "
+                "hydra.sweep.dir, or that sweep's values to resume it"
             )
         log.info(
             f"job {done['job']} finished in an earlier run of this sweep ({done['status']}):"
