@@ -280,6 +280,11 @@ def test_a_row_with_its_own_seeds_trains_and_is_recorded_with_them():
     assert "seeds=[1,2,3,4,5] " in row_settings(cfg, "two_layer_vae")
     assert "seeds=[1,2,3] " in row_settings(cfg, "iwae_k5")  # as the CSV's earlier rows say
     assert seeds_text(cfg) == "1, 2, 3 (`vae`: 1, 2, 3, 4, 5; `two_layer_vae`: 1, 2, 3, 4, 5)"
-    cfg.table.row_seeds = {"vea": [1]}
-    with pytest.raises(ConfigError, match=r"^table.row_seeds.vea=\[1\]: each key must be a row"):
-        chosen_rows(cfg)
+    for wrong, shown in (
+        ({"vea": [1]}, r"vea=\[1\]"),
+        ({"vae": 5}, "vae=5"),
+        ({"vae": []}, r"vae=\[\]"),
+    ):
+        cfg.table.row_seeds = wrong
+        with pytest.raises(ConfigError, match=rf"^table.row_seeds.{shown}: each key must be a row"):
+            chosen_rows(cfg)

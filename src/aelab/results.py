@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from aelab.cli import command
 from aelab.errors import AelabError, ConfigError, Interrupted
@@ -375,10 +375,10 @@ def chosen_rows(cfg: DictConfig) -> list[str]:
     if not rows or not cfg.table.datasets or not cfg.seeds:
         raise ConfigError("table.rows, table.datasets and seeds must each name at least one")
     for row, seeds in (cfg.table.get("row_seeds") or {}).items():
-        if row not in rows or not seeds:
+        if row not in rows or not isinstance(seeds, ListConfig) or not seeds:
             raise ConfigError(
                 f"table.row_seeds.{row}={seeds}: each key must be a row of "
-                f"table={cfg.table.name} ({', '.join(rows)}) with at least one seed"
+                f"table={cfg.table.name} ({', '.join(rows)}) with a list of at least one seed"
             )
     if cfg.only is None:
         return rows
