@@ -334,6 +334,8 @@ def test_eval_computes_its_metrics_on_the_device_the_model_runs_on(
 
 
 @pytest.mark.slow
+# the best checkpoint's weights then load into the `meta` stand-in: torch warns it copies nothing
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
 def test_latent_pictures_are_drawn_before_the_model_leaves_its_device(
     compose_cfg, data_dir, tmp_path, model_leaves_its_device_at_teardown
 ):
