@@ -80,10 +80,15 @@ def train_command(cfg: DictConfig, dataset: str, row: str) -> list[str]:
     ]
 
 
+def own_seeds(cfg: DictConfig) -> dict[str, list[int]]:
+    """The rows with their own seeds, the table's `row_seeds` (a comparison that needs more seeds
+    than the rest of the table; null: none)."""
+    return dict(cfg.table.get("row_seeds") or {})
+
+
 def row_seeds(cfg: DictConfig, row: str) -> list[int]:
-    """The row's seeds: its own in the table's `row_seeds` (a comparison that needs more seeds
-    than the rest of the table), else the command's `seeds`."""
-    return list((cfg.table.get("row_seeds") or {}).get(row, cfg.seeds))
+    """The row's seeds: its own (`own_seeds`), else the command's `seeds`."""
+    return list(own_seeds(cfg).get(row, cfg.seeds))
 
 
 def eval_command(cfg: DictConfig, dataset: str, row: str) -> list[str]:
@@ -301,7 +306,7 @@ def sittings_text(data: "dict[str, pd.DataFrame]") -> str:
 
 def seeds_text(cfg: DictConfig) -> str:
     """The command's seeds, and each row's own (`table.row_seeds`) after them."""
-    own = (cfg.table.get("row_seeds") or {}).items()
+    own = own_seeds(cfg).items()
     rows = "; ".join(f"`{row}`: {', '.join(map(str, seeds))}" for row, seeds in own)
     return ", ".join(map(str, cfg.seeds)) + (f" ({rows})" if rows else "")
 
@@ -374,7 +379,7 @@ def chosen_rows(cfg: DictConfig) -> list[str]:
     rows = list(cfg.table.rows)
     if not rows or not cfg.table.datasets or not cfg.seeds:
         raise ConfigError("table.rows, table.datasets and seeds must each name at least one")
-    for row, seeds in (cfg.table.get("row_seeds") or {}).items():
+    for row, seeds in own_seeds(cfg).items():
         if row not in rows or not isinstance(seeds, ListConfig) or not seeds:
             raise ConfigError(
                 f"table.row_seeds.{row}={seeds}: each key must be a row of "
