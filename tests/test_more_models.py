@@ -6,10 +6,11 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import read_events, run_train, small_run_overrides, write_dataset
+from conftest import read_events, small_run_overrides, write_dataset
 
 from aelab.errors import ConfigError
 from aelab.models import VAE, Autoencoder
+from aelab.training import train
 
 CONV = {"_target_": "aelab.nets.ConvNet", "channels": [8, 16]}
 MLP8 = {"_target_": "aelab.nets.MLP", "hidden_dims": [8]}
@@ -83,10 +84,10 @@ def _events(run_dir):
         ("deep_ae", ["model.noise=masking", "model.noise_level=0.3"], {"val/reconstructions"}),
     ],
 )
-def test_new_models_train_and_log(data_dir, tmp_path, model, extra, images):
+def test_new_models_train_and_log(compose_cfg, data_dir, tmp_path, model, extra, images):
+    """In-process, as `python train.py` trains after composing (its command line: test_train)."""
     overrides = [f"model={model}", *extra, "trainer.max_epochs=3", "model.optimizer.lr=3e-3"]
-    result = run_train(*overrides, *small_run_overrides(data_dir), f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(compose_cfg(*overrides, *small_run_overrides(data_dir), output_dir=tmp_path))
     events = _events(tmp_path)
     assert {tag for tag in events.Tags()["images"] if tag.startswith("val/")} == images
     val_loss = [e.value for e in events.Scalars("val/loss")]
@@ -98,22 +99,23 @@ def test_new_models_train_and_log(data_dir, tmp_path, model, extra, images):
 
 
 @pytest.mark.slow
-def test_idx_folder_of_another_size(tmp_path):
+def test_idx_folder_of_another_size(compose_cfg, tmp_path):
     folder = tmp_path / "mine"
     write_dataset(folder, n_train=400, n_test=60, shape=(20, 32), gz=True)
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (folder / name).rename(folder / name.replace("t10k", "test"))
     run_dir = tmp_path / "run"
-    result = run_train(
+    cfg = compose_cfg(
         "data=idx",
         f"data.source.path={folder}",
         "model=conv_vae",
         "trainer.max_epochs=2",
         "data.batch_size=32",
         "trainer.accelerator=cpu",
-        f"hydra.run.dir={run_dir}",
+        "trainer.log_every_n_steps=1",
+        output_dir=run_dir,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(cfg)
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["image_shape"] == [1, 20, 32]
     events = _events(run_dir)
