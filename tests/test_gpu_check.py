@@ -33,7 +33,10 @@ def mnist(tmp_path: Path) -> Path:
 def test_every_step_passes_on_the_cpu(mnist: Path, tmp_path: Path):
     out = tmp_path / "out"
     overrides = [f"data.val_size={VAL_SIZE}", "data.batch_size=32"]
-    result = gpu_check("--cpu", "--data", str(mnist), "--out", str(out), "--", *overrides)
+    # eight processes that each import torch and Lightning: minutes on a busy 2-core machine
+    result = gpu_check(
+        "--cpu", "--data", str(mnist), "--out", str(out), "--", *overrides, timeout=600
+    )
     log = (out / "gpu_check.log").read_text() if (out / "gpu_check.log").exists() else ""
     assert result.returncode == 0, result.stdout + result.stderr + log[-5000:]
 
