@@ -37,8 +37,9 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from aelab.errors import ConfigError
+from aelab.models.gaussian import draw_normal, gaussian_log_density
 from aelab.models.likelihoods import DISCRETE, bits_per_dim
-from aelab.models.vae import VAE, draw_normal, gaussian_log_density
+from aelab.models.vae import VAE
 from aelab.nets.layers import activation
 
 

@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from aelab.errors import ConfigError
+from aelab.models.gaussian import draw_normal, gaussian_log_density
 from aelab.models.iwae import iw_bound
-from aelab.models.vae import VAE, draw_normal, gaussian_log_density
+from aelab.models.vae import VAE
 from aelab.nets.layers import activation, mlp
 
 OBJECTIVES = ("elbo", "iw")

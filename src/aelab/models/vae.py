@@ -24,6 +24,7 @@ from torch import nn
 
 from aelab.errors import ConfigError
 from aelab.models.base import AutoencoderModule
+from aelab.models.gaussian import draw_normal
 from aelab.models.likelihoods import DISCRETE, bits_per_dim, check_likelihood, log_likelihood
 
 
@@ -139,14 +140,3 @@ class VAE(AutoencoderModule):
         if self.likelihood in DISCRETE:
             terms["bpd"] = bits_per_dim(recon + kl, self.dims)  # of -ELBO, whatever beta
         return terms
-
-
-def draw_normal(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal draws on the generator's device (the CPU without one)."""
-    device = generator.device if generator is not None else None
-    return torch.randn(*shape, generator=generator, device=device)
-
-
-def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, diag exp(logvar)), summed over the last dimension (all three broadcast)."""
-    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from aelab.errors import ConfigError
-from aelab.models.vae import VAE, draw_normal, gaussian_log_density
+from aelab.models.gaussian import draw_normal, gaussian_log_density
+from aelab.models.vae import VAE
 
 PSEUDO_INPUT_MEAN = 0.05  # the authors' initialisation of the pseudo-inputs for MNIST
 PSEUDO_INPUT_STD = 0.01

@@ -30,7 +30,7 @@ from torch import nn
 
 from aelab.errors import ConfigError
 from aelab.models.base import AutoencoderModule
-from aelab.models.vae import draw_normal
+from aelab.models.gaussian import draw_normal
 
 
 def imq_kernel(a: torch.Tensor, b: torch.Tensor, scale: float | Sequence[float]) -> torch.Tensor:
