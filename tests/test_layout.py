@@ -61,3 +61,21 @@ def test_the_import_graph_of_src_has_no_circles():
     except graphlib.CycleError as err:
         circle = " -> ".join(err.args[1])
         raise AssertionError(f"modules that import each other: {circle}") from None
+
+
+def test_how_a_run_flows_counts_todays_files_and_stays_within_60_percent_of_the_old_path():
+    """docs/extending.md's table of the training path: each row's count is its files' `wc -l`
+    today, the total is their sum, and it stays at most 60% of the 1,715 lines before #37's
+    layout, so that a change which lengthens the path updates the page and is seen."""
+    page = (REPO / "docs" / "extending.md").read_text()
+    table = page.split("## How a run flows")[1].split("\n\n")[2]
+    rows = [line.split("|")[2:4] for line in table.splitlines()[2:]]
+    total = 0
+    for files, count in rows[:-1]:
+        paths = [REPO / name for name in files.split("`")[1::2]]
+        assert paths and all(path.is_file() for path in paths), files
+        lines = sum(len(path.read_text().splitlines()) for path in paths)
+        assert int(count) == lines, f"{files.strip()}: {lines} lines, the page says {count.strip()}"
+        total += lines
+    assert int(rows[-1][1].strip(" *").replace(",", "")) == total
+    assert total <= 0.6 * 1715, f"the training path is {total} lines, over 60% of 1,715"
